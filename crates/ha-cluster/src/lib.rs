@@ -1,0 +1,1 @@
+//! Membership, leader election with fencing tokens, and failover for a service on Consul.

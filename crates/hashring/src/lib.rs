@@ -1,0 +1,1 @@
+//! A fast, stable consistent-hash ring: keys to members, replicas over zones, bounded loads.

@@ -1,0 +1,1 @@
+//! Shards and replicas over an ha-cluster: placement, routing, rebalancing and recovery.

@@ -1,0 +1,226 @@
+//! The workspace's own tasks, run as `cargo xtask <task>`:
+//!
+//! - `ci`: everything CI runs, in order, stopping at the first failure;
+//! - `test`: the whole test suite (the README's test command);
+//! - `lint`: formatting, clippy and the tidy checks only;
+//! - `layers`: the layering check alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use serde_json::Value;
+
+/// Each crate of ours and its layer: a crate may depend only on crates of a lower layer.
+const LAYERS: &[(&str, u8)] = &[
+    ("hashring", 0),
+    ("consul-api", 0),
+    ("consul-sim", 1),
+    ("ha-cluster", 2),
+    ("prod-config", 3),
+    ("consul-ha", 4),
+];
+
+/// Library crates: no `println!` in their non-test code.
+const LIBRARIES: &[&str] = &["consul-api", "consul-sim", "hashring", "ha-cluster", "prod-config"];
+
+/// Server paths: no `.unwrap()` in their non-test code, so bad input can never panic them.
+const SERVER_PATHS: &[&str] = &["crates/consul-sim/src"];
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "ci" => ci(),
+        "test" => test(),
+        "lint" => lint(),
+        "layers" => layers(),
+        "tidy" => tidy(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|test|lint|layers|tidy>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("xtask {task}: FAILED: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result = std::result::Result<(), String>;
+
+fn ci() -> Result {
+    lint()?;
+    test()?;
+    step("docs", {
+        let mut c = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
+        c.env("RUSTDOCFLAGS", "-D warnings");
+        c
+    })?;
+    layers()?;
+    step(
+        "cargo deny (bans, licenses, sources)",
+        cargo(&["deny", "--offline", "check", "bans", "licenses", "sources"]),
+    )?;
+    println!("xtask ci: all steps passed");
+    Ok(())
+}
+
+fn lint() -> Result {
+    step("cargo fmt --check", cargo(&["fmt", "--all", "--check"]))?;
+    step(
+        "clippy",
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    tidy()
+}
+
+fn test() -> Result {
+    step(
+        "tests (nextest)",
+        cargo(&["nextest", "run", "--workspace", "--all-targets", "--no-fail-fast"]),
+    )?;
+    step("doctests", cargo(&["test", "--workspace", "--doc"]))
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(root());
+    cmd
+}
+
+fn step(name: &str, mut cmd: Command) -> Result {
+    println!("xtask: == {name}");
+    let status = cmd.status().map_err(|e| format!("{name}: cannot start: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{name} failed ({status})")) }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+/// No crate depends on a crate above it; hashring depends on no crate of ours at all.
+fn layers() -> Result {
+    println!("xtask: == layering");
+    let out = cargo(&["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .output()
+        .map_err(|e| format!("cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let meta: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
+    let layer = |name: &str| LAYERS.iter().find(|(n, _)| *n == name).map(|(_, l)| *l);
+    let mut problems = Vec::new();
+    for pkg in meta["packages"].as_array().into_iter().flatten() {
+        let name = pkg["name"].as_str().unwrap_or_default();
+        let Some(own) = layer(name) else { continue };
+        for dep in pkg["dependencies"].as_array().into_iter().flatten() {
+            let dep_name = dep["name"].as_str().unwrap_or_default();
+            let Some(theirs) = layer(dep_name) else { continue };
+            let kind = dep["kind"].as_str().unwrap_or("normal");
+            if name == "hashring" {
+                problems
+                    .push(format!("hashring must depend on no crate of ours, but uses {dep_name}"));
+            } else if theirs >= own {
+                problems.push(format!(
+                    "{name} (layer {own}) has a {kind} dependency on {dep_name} (layer {theirs}): dependencies point down only"
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("layering: ok");
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Every crate's root starts with a `//!` doc; libraries print nothing; server paths never
+/// `unwrap()` outside tests.
+fn tidy() -> Result {
+    println!("xtask: == tidy");
+    let root = root();
+    let mut problems = Vec::new();
+    for (name, _) in LAYERS {
+        let dir = root.join("crates").join(name).join("src");
+        let lib =
+            if dir.join("lib.rs").exists() { dir.join("lib.rs") } else { dir.join("main.rs") };
+        let text = std::fs::read_to_string(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+        if !text.trim_start().starts_with("//!") {
+            problems.push(format!(
+                "{} must start with a `//!` doc saying the crate's one job",
+                lib.display()
+            ));
+        }
+    }
+    for name in LIBRARIES {
+        for file in rust_files(&root.join("crates").join(name).join("src")) {
+            for (n, line) in non_test_lines(&file) {
+                if line.contains("println!(") || line.contains("print!(") {
+                    problems.push(format!(
+                        "{}:{n}: libraries must not print; use tracing",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    for dir in SERVER_PATHS {
+        for file in rust_files(&root.join(dir)) {
+            for (n, line) in non_test_lines(&file) {
+                if line.contains(".unwrap()") {
+                    problems.push(format!(
+                        "{}:{n}: no unwrap() on a server path; return an error",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("tidy: ok");
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The lines of a file before its `#[cfg(test)]` module, skipping comments, numbered from 1.
+fn non_test_lines(file: &Path) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .enumerate()
+        .take_while(|(_, l)| l.trim() != "#[cfg(test)]")
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .map(|(i, l)| (i + 1, l.to_string()))
+        .collect()
+}
