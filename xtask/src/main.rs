@@ -59,6 +59,8 @@ fn ci() -> Result {
         c
     })?;
     layers()?;
+    // `--offline` needs every locked crate, for every platform, in the local cache.
+    step("cargo fetch", cargo(&["fetch", "--locked"]))?;
     step(
         "cargo deny (bans, licenses, sources)",
         cargo(&["deny", "--offline", "check", "bans", "licenses", "sources"]),
