@@ -89,7 +89,7 @@ fn lint() -> Result {
 fn test() -> Result {
     step(
         "tests (nextest)",
-        cargo(&["nextest", "run", "--workspace", "--all-targets", "--no-fail-fast"]),
+        cargo(&["nextest", "run", "--workspace", "--no-fail-fast"]),
     )?;
     step("doctests", cargo(&["test", "--workspace", "--doc"]))
 }
