@@ -3,7 +3,8 @@
 //! - `ci`: everything CI runs, in order, stopping at the first failure;
 //! - `test`: the whole test suite (the README's test command);
 //! - `lint`: formatting, clippy and the tidy checks only;
-//! - `layers`: the layering check alone.
+//! - `layers`: the layering check alone;
+//! - `bench-report`: a table of the last criterion run, each peer as a ratio ours / peer.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -34,8 +35,9 @@ fn main() -> ExitCode {
         "lint" => lint(),
         "layers" => layers(),
         "tidy" => tidy(),
+        "bench-report" => bench_report(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|lint|layers|tidy>");
+            eprintln!("usage: cargo xtask <ci|test|lint|layers|tidy|bench-report>");
             return ExitCode::from(2);
         }
     };
@@ -87,10 +89,7 @@ fn lint() -> Result {
 }
 
 fn test() -> Result {
-    step(
-        "tests (nextest)",
-        cargo(&["nextest", "run", "--workspace", "--no-fail-fast"]),
-    )?;
+    step("tests (nextest)", cargo(&["nextest", "run", "--workspace", "--no-fail-fast"]))?;
     step("doctests", cargo(&["test", "--workspace", "--doc"]))
 }
 
@@ -225,4 +224,73 @@ fn non_test_lines(file: &Path) -> Vec<(usize, String)> {
         .filter(|(_, l)| !l.trim_start().starts_with("//"))
         .map(|(i, l)| (i + 1, l.to_string()))
         .collect()
+}
+
+/// Reads criterion's results under `target/criterion` and prints, per group and parameter,
+/// each implementation's mean time and the ratio of ours (the function named `ours`) to it.
+fn bench_report() -> Result {
+    let dir = root().join("target").join("criterion");
+    let mut rows: Vec<(String, String, String, f64)> = Vec::new();
+    collect_estimates(&dir, &mut rows);
+    if rows.is_empty() {
+        return Err(format!(
+            "no criterion results under {}; run `cargo bench` first",
+            dir.display()
+        ));
+    }
+    rows.sort_by(|a, b| (&a.0, &a.2, &a.1).cmp(&(&b.0, &b.2, &b.1)));
+    println!("| group | parameter | implementation | mean | ours / this |");
+    println!("|---|---|---|---|---|");
+    for (group, function, param, ns) in &rows {
+        let ours = rows
+            .iter()
+            .find(|r| &r.0 == group && &r.2 == param && r.1.starts_with("ours"))
+            .map(|r| r.3);
+        let ratio = match ours {
+            Some(o) if !function.starts_with("ours") => format!("{:.3}", o / ns),
+            _ => "".to_string(),
+        };
+        println!("| {group} | {param} | {function} | {} | {ratio} |", human(*ns));
+    }
+    Ok(())
+}
+
+fn human(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.1} ns")
+    } else if ns < 1e6 {
+        format!("{:.2} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
+
+fn collect_estimates(dir: &Path, rows: &mut Vec<(String, String, String, f64)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "new") {
+            let read = |f: &str| -> Option<Value> {
+                serde_json::from_slice(&std::fs::read(path.join(f)).ok()?).ok()
+            };
+            if let (Some(b), Some(e)) = (read("benchmark.json"), read("estimates.json")) {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                if let Some(ns) = e["mean"]["point_estimate"].as_f64() {
+                    rows.push((
+                        text(&b["group_id"]),
+                        text(&b["function_id"]),
+                        text(&b["value_str"]),
+                        ns,
+                    ));
+                }
+            }
+        } else {
+            collect_estimates(&path, rows);
+        }
+    }
 }

@@ -52,7 +52,10 @@ impl Ring {
         let n = hashes.len() as f64;
         let capacities: Vec<usize> = members
             .iter()
-            .map(|m| (factor * n * f64::from(m.weight) / total_weight as f64).ceil() as usize)
+            // The epsilon keeps float noise (1.1 × 200 = 220.00000000000003) from adding a slot.
+            .map(|m| {
+                (factor * n * f64::from(m.weight) / total_weight as f64 - 1e-9).ceil() as usize
+            })
             .collect();
 
         let mut order: Vec<usize> = (0..hashes.len()).collect();

@@ -182,6 +182,15 @@ fn keys_moved_on_add_and_remove_are_near_optimal_on_average() {
 }
 
 #[test]
+fn exact_ownership_adds_up_and_stays_balanced_at_a_thousand_members() {
+    let ring = Ring::new((0..1000).map(|i| Member::new(format!("node-{i}")))).unwrap();
+    let share = stats::ownership(&ring);
+    assert!((share.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    let peak = stats::exact_peak_to_mean(&ring);
+    assert!(peak <= 1.30, "exact peak/mean {peak:.3}");
+}
+
+#[test]
 fn bounded_mode_keeps_peak_to_mean_within_its_factor() {
     let ring = Ring::new((0..100).map(|i| Member::new(format!("node-{i}")))).unwrap();
     let sample = keys(10_000);

@@ -287,6 +287,16 @@ impl Ring {
         i.points.capacity() * 8 + i.owners.capacity() * 4 + i.table.capacity() * 4 + members
     }
 
+    /// The virtual-node positions, sorted.
+    pub fn points(&self) -> &[u64] {
+        &self.inner.points
+    }
+
+    /// The owner (index into [`members`](Self::members)) of each point in [`points`](Self::points).
+    pub fn owners(&self) -> &[u32] {
+        &self.inner.owners
+    }
+
     /// The index of the first point at or after `hash`, wrapping to 0 past the end.
     #[inline]
     fn position(&self, hash: u64) -> usize {

@@ -13,6 +13,37 @@ pub fn load<'k>(ring: &Ring, keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<us
     loads
 }
 
+/// The exact share of the hash space each member owns (by index into [`Ring::members`]);
+/// the shares add up to 1.0. This is the load a uniform key stream converges to, measured
+/// without sampling noise.
+pub fn ownership(ring: &Ring) -> Vec<f64> {
+    let mut share = vec![0.0; ring.members().len()];
+    let points = ring.points();
+    let owners = ring.owners();
+    let Some(&last) = points.last() else { return share };
+    let scale = 2f64.powi(64);
+    let mut prev = last;
+    for (&p, &o) in points.iter().zip(owners) {
+        // The arc (prev, p] belongs to p's owner; the first arc wraps round from the last point.
+        share[o as usize] += p.wrapping_sub(prev) as f64 / scale;
+        prev = p;
+    }
+    if points.len() == 1 {
+        share[owners[0] as usize] = 1.0;
+    }
+    share
+}
+
+/// The highest share over the mean share, from exact [`ownership`], weights ignored.
+pub fn exact_peak_to_mean(ring: &Ring) -> f64 {
+    let share = ownership(ring);
+    if share.is_empty() {
+        return 0.0;
+    }
+    let mean = 1.0 / share.len() as f64;
+    share.iter().cloned().fold(0.0, f64::max) / mean
+}
+
 /// Load per unit of weight, so members of different weights compare directly.
 pub fn load_per_weight(ring: &Ring, loads: &[usize]) -> Vec<f64> {
     ring.members().iter().zip(loads).map(|(m, &l)| l as f64 / f64::from(m.weight)).collect()
