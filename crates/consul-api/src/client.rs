@@ -1,0 +1,286 @@
+//! The client: configuration, and the request plumbing every endpoint shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::http::{HttpOptions, HttpTransport};
+use crate::layers::{Retry, RetryPolicy, Token};
+use crate::types::{Consistency, DEFAULT_WAIT, Index, MAX_WAIT, QueryMeta, QueryOptions};
+use crate::{Error, Request, Response, Transport};
+
+/// A Consul client. Cheap to clone: clones share one transport and its connection pool.
+///
+/// Endpoints are grouped as in Consul's API: [`kv`](Client::kv), [`txn`](Client::txn),
+/// [`session`](Client::session), [`agent`](Client::agent), [`catalog`](Client::catalog),
+/// [`health`](Client::health), [`status`](Client::status).
+#[derive(Clone, Debug)]
+pub struct Client {
+    transport: Arc<dyn Transport>,
+    datacenter: Option<String>,
+}
+
+impl Client {
+    /// A client over any transport (HTTP, the in-process simulator, a test double).
+    pub fn new(transport: impl Transport) -> Self {
+        Client { transport: Arc::new(transport), datacenter: None }
+    }
+
+    /// A client configured from the environment, as Consul's own tools are:
+    /// `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`; `host:port`, `http://` or `https://`),
+    /// `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`, `CONSUL_TLS_SERVER_NAME`.
+    pub fn from_env() -> Result<Self, Error> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let mut b = Client::builder();
+        if let Some(addr) = var("CONSUL_HTTP_ADDR") {
+            b = b.address(addr);
+        }
+        if let Some(token) = var("CONSUL_HTTP_TOKEN") {
+            b = b.token(token);
+        }
+        if let Some(ca) = var("CONSUL_CACERT") {
+            b.http.ca_cert = Some(ca.into());
+        }
+        if let Some(name) = var("CONSUL_TLS_SERVER_NAME") {
+            b.http.tls_server_name = Some(name);
+        }
+        b.build().map_err(|e| {
+            if e.message().contains("address") {
+                Error::config(format!("CONSUL_HTTP_ADDR: {}", e.message()))
+            } else {
+                e
+            }
+        })
+    }
+
+    /// A builder for an HTTP client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder {
+            address: "127.0.0.1:8500".into(),
+            token: None,
+            datacenter: None,
+            http: HttpOptions::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The same client, sending `?dc=` on every request that names none.
+    pub fn with_datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+
+    /// Sends `req` as it is and returns Consul's answer, whatever its status.
+    pub async fn raw(&self, req: Request) -> Result<Response, Error> {
+        self.transport.send(req).await
+    }
+
+    /// Sends `req`; a non-2xx answer becomes an [`Error`] carrying the status, Consul's
+    /// message and the request line.
+    pub(crate) async fn send(&self, mut req: Request) -> Result<Response, Error> {
+        if let Some(dc) = &self.datacenter {
+            if !req.query.iter().any(|(k, _)| k == "dc") {
+                req.query.push(("dc".into(), dc.clone()));
+            }
+        }
+        let context = format!("{} {}", req.method, req.path);
+        let resp = self.transport.send(req).await.map_err(|e| e.with_context(context.clone()))?;
+        if resp.status.is_success() {
+            Ok(resp)
+        } else {
+            Err(status_error(&resp).with_context(context))
+        }
+    }
+
+    /// A read: applies `opts`, sends, decodes JSON; `Ok(None)` on 404.
+    pub(crate) async fn query<T: DeserializeOwned>(
+        &self,
+        req: Request,
+        opts: &QueryOptions,
+    ) -> Result<(Option<T>, QueryMeta), Error> {
+        match self.query_raw(req, opts).await? {
+            (Some(body), meta) => Ok((Some(decode(&body)?), meta)),
+            (None, meta) => Ok((None, meta)),
+        }
+    }
+
+    /// A read returning the body bytes; `Ok(None)` on 404 (the meta is still filled in).
+    pub(crate) async fn query_raw(
+        &self,
+        req: Request,
+        opts: &QueryOptions,
+    ) -> Result<(Option<Bytes>, QueryMeta), Error> {
+        let req = apply_query_options(req, opts);
+        let context = format!("{} {}", req.method, req.path);
+        let resp = self.transport.send(req).await.map_err(|e| e.with_context(context.clone()))?;
+        let meta = query_meta(&resp);
+        match resp.status {
+            s if s.is_success() => Ok((Some(resp.body), meta)),
+            StatusCode::NOT_FOUND => Ok((None, meta)),
+            _ => Err(status_error(&resp).with_context(context)),
+        }
+    }
+
+    /// A write with a JSON body, decoding a JSON answer.
+    pub(crate) async fn write_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: &B,
+    ) -> Result<T, Error> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| Error::invalid(format!("cannot encode the body of {path}: {e}")))?;
+        let resp = self.send(Request::new(method, path).body(body)).await?;
+        decode(&resp.body)
+    }
+
+    /// A write whose answer carries nothing we need.
+    pub(crate) async fn write_unit<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<&B>,
+    ) -> Result<(), Error> {
+        let mut req = Request::new(method, path.clone());
+        if let Some(body) = body {
+            req = req.body(
+                serde_json::to_vec(body)
+                    .map_err(|e| Error::invalid(format!("cannot encode the body of {path}: {e}")))?,
+            );
+        }
+        self.send(req).await.map(|_| ())
+    }
+}
+
+/// Builds an HTTP [`Client`]: address, token, timeouts, TLS and retries.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    address: String,
+    token: Option<String>,
+    datacenter: Option<String>,
+    http: HttpOptions,
+    retry: RetryPolicy,
+}
+
+impl ClientBuilder {
+    /// The agent's address: `host:port`, `http://host:port` or `https://host:port`.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into();
+        self
+    }
+
+    /// The ACL token sent as `X-Consul-Token`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The datacenter to query, if not the agent's own.
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+
+    /// Time to establish a connection.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.http.connect_timeout = t;
+        self
+    }
+
+    /// Time for a request that is not a blocking query.
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.http.request_timeout = t;
+        self
+    }
+
+    /// PEM file of the CA for `https://` addresses.
+    pub fn ca_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.http.ca_cert = Some(path.into());
+        self
+    }
+
+    /// Retry policy for transient failures ([`RetryPolicy::none`] disables retries).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Builds the client: HTTP transport, then retries, then the token.
+    pub fn build(self) -> Result<Client, Error> {
+        let http = Retry::new(HttpTransport::with_options(&self.address, self.http)?, self.retry);
+        let client = match &self.token {
+            Some(t) => Client::new(Token::new(http, t)?),
+            None => Client::new(http),
+        };
+        Ok(Client { datacenter: self.datacenter, ..client })
+    }
+}
+
+/// Adds the query options to a request; sets the transport timeout a blocking query needs.
+pub(crate) fn apply_query_options(mut req: Request, opts: &QueryOptions) -> Request {
+    if opts.index.0 > 0 {
+        let wait = opts.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+        req = req.query("index", opts.index.0.to_string()).query("wait", format!("{}ms", wait.as_millis()));
+        // Consul adds up to wait/16 of jitter; leave room for it and for the network.
+        req.timeout = Some(wait + wait / 16 + Duration::from_secs(5));
+    }
+    match opts.consistency {
+        Consistency::Default => {}
+        Consistency::Consistent => req = req.flag("consistent"),
+        Consistency::Stale => req = req.flag("stale"),
+    }
+    if let Some(dc) = &opts.datacenter {
+        req = req.query("dc", dc.clone());
+    }
+    if let Some(filter) = &opts.filter {
+        req = req.query("filter", filter.clone());
+    }
+    if let Some(token) = &opts.token {
+        if let Ok(mut v) = HeaderValue::from_str(token) {
+            v.set_sensitive(true);
+            req.headers.insert("x-consul-token", v);
+        }
+    }
+    req
+}
+
+/// Reads `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+pub(crate) fn query_meta(resp: &Response) -> QueryMeta {
+    QueryMeta {
+        last_index: Index(resp.header("x-consul-index").and_then(|v| v.parse().ok()).unwrap_or(0)),
+        known_leader: resp.header("x-consul-knownleader").is_some_and(|v| v == "true"),
+        last_contact: Duration::from_millis(
+            resp.header("x-consul-lastcontact").and_then(|v| v.parse().ok()).unwrap_or(0),
+        ),
+    }
+}
+
+pub(crate) fn status_error(resp: &Response) -> Error {
+    let mut e = Error::status(resp.status, String::from_utf8_lossy(&resp.body).into_owned());
+    if let Some(secs) = resp.header("retry-after").and_then(|v| v.trim().parse().ok()) {
+        e = e.with_retry_after(Duration::from_secs(secs));
+    }
+    e
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| {
+        let snippet: String = String::from_utf8_lossy(body).chars().take(120).collect();
+        Error::decode(format!("{e} in {snippet:?}"))
+    })
+}
+
+/// Checks a caller-supplied path segment (a service id, a session id, a node name).
+pub(crate) fn segment<'a>(what: &str, value: &'a str) -> Result<&'a str, Error> {
+    if value.is_empty() {
+        Err(Error::invalid(format!("{what} must not be empty")))
+    } else if value.contains('/') {
+        Err(Error::invalid(format!("{what} {value:?} must not contain '/'")))
+    } else {
+        Ok(value)
+    }
+}
