@@ -51,7 +51,12 @@ pub struct CheckDefinition {
     #[serde(rename = "ServiceID", default, skip_serializing_if = "String::is_empty")]
     pub service_id: String,
     /// TTL check: critical unless updated within this time.
-    #[serde(rename = "TTL", default, with = "duration_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "TTL",
+        default,
+        with = "duration_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<Duration>,
     /// HTTP check: GET this URL every `interval`; 2xx passing, 429 warning, else critical.
     #[serde(rename = "HTTP", default, skip_serializing_if = "Option::is_none")]
@@ -266,7 +271,12 @@ impl Agent<'_> {
     }
 
     /// Sets a TTL check's status and output (`PUT /v1/agent/check/update/:id`).
-    pub async fn update_ttl(&self, id: &str, status: CheckStatus, output: &str) -> Result<(), Error> {
+    pub async fn update_ttl(
+        &self,
+        id: &str,
+        status: CheckStatus,
+        output: &str,
+    ) -> Result<(), Error> {
         let path = format!("/v1/agent/check/update/{}", segment("check id", id)?);
         self.client.write_unit(Method::PUT, path, Some(&CheckUpdate { status, output })).await
     }
@@ -287,8 +297,10 @@ impl Agent<'_> {
     }
 
     async fn ttl_verb(&self, verb: &str, id: &str, note: &str) -> Result<(), Error> {
-        let mut req =
-            Request::new(Method::PUT, format!("/v1/agent/check/{verb}/{}", segment("check id", id)?));
+        let mut req = Request::new(
+            Method::PUT,
+            format!("/v1/agent/check/{verb}/{}", segment("check id", id)?),
+        );
         if !note.is_empty() {
             req = req.query("note", note);
         }
@@ -334,7 +346,9 @@ fn validate_check(check: &CheckDefinition) -> Result<(), Error> {
         return Err(Error::invalid(format!("check {what:?}: give only one of TTL, HTTP and TCP")));
     }
     if (check.http.is_some() || check.tcp.is_some()) && check.interval.is_none() {
-        return Err(Error::invalid(format!("check {what:?}: HTTP and TCP checks need an Interval")));
+        return Err(Error::invalid(format!(
+            "check {what:?}: HTTP and TCP checks need an Interval"
+        )));
     }
     if check.deregister_critical_service_after.is_some_and(|d| d < Duration::from_secs(60)) {
         return Err(Error::invalid(format!(

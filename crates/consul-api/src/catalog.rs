@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use http::Method;
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::Request;
 use crate::agent::{AgentService, CheckStatus, HealthCheck};
 use crate::client::{Client, segment};
 use crate::types::{Index, QueryMeta, QueryOptions};
-use crate::Error;
 
 /// A node of the catalog.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +131,11 @@ impl ServiceEntry {
             CheckStatus::Critical => 2,
             CheckStatus::Maintenance => 3,
         };
-        self.checks.iter().map(|c| c.status).max_by_key(|s| rank(*s)).unwrap_or(CheckStatus::Passing)
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max_by_key(|s| rank(*s))
+            .unwrap_or(CheckStatus::Passing)
     }
 }
 
@@ -231,7 +235,8 @@ impl Catalog<'_> {
     /// Writes a node (and optionally a service) into the catalog.
     pub async fn register(&self, reg: &CatalogRegistration) -> Result<(), Error> {
         segment("node", &reg.node)?;
-        let _: bool = self.client.write_json(Method::PUT, "/v1/catalog/register".into(), reg).await?;
+        let _: bool =
+            self.client.write_json(Method::PUT, "/v1/catalog/register".into(), reg).await?;
         Ok(())
     }
 

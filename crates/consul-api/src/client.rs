@@ -82,10 +82,10 @@ impl Client {
     /// Sends `req`; a non-2xx answer becomes an [`Error`] carrying the status, Consul's
     /// message and the request line.
     pub(crate) async fn send(&self, mut req: Request) -> Result<Response, Error> {
-        if let Some(dc) = &self.datacenter {
-            if !req.query.iter().any(|(k, _)| k == "dc") {
-                req.query.push(("dc".into(), dc.clone()));
-            }
+        if let Some(dc) = &self.datacenter
+            && !req.query.iter().any(|(k, _)| k == "dc")
+        {
+            req.query.push(("dc".into(), dc.clone()));
         }
         let context = format!("{} {}", req.method, req.path);
         let resp = self.transport.send(req).await.map_err(|e| e.with_context(context.clone()))?;
@@ -147,10 +147,10 @@ impl Client {
     ) -> Result<(), Error> {
         let mut req = Request::new(method, path.clone());
         if let Some(body) = body {
-            req = req.body(
-                serde_json::to_vec(body)
-                    .map_err(|e| Error::invalid(format!("cannot encode the body of {path}: {e}")))?,
-            );
+            req =
+                req.body(serde_json::to_vec(body).map_err(|e| {
+                    Error::invalid(format!("cannot encode the body of {path}: {e}"))
+                })?);
         }
         self.send(req).await.map(|_| ())
     }
@@ -224,7 +224,9 @@ impl ClientBuilder {
 pub(crate) fn apply_query_options(mut req: Request, opts: &QueryOptions) -> Request {
     if opts.index.0 > 0 {
         let wait = opts.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
-        req = req.query("index", opts.index.0.to_string()).query("wait", format!("{}ms", wait.as_millis()));
+        req = req
+            .query("index", opts.index.0.to_string())
+            .query("wait", format!("{}ms", wait.as_millis()));
         // Consul adds up to wait/16 of jitter; leave room for it and for the network.
         req.timeout = Some(wait + wait / 16 + Duration::from_secs(5));
     }
@@ -239,11 +241,11 @@ pub(crate) fn apply_query_options(mut req: Request, opts: &QueryOptions) -> Requ
     if let Some(filter) = &opts.filter {
         req = req.query("filter", filter.clone());
     }
-    if let Some(token) = &opts.token {
-        if let Ok(mut v) = HeaderValue::from_str(token) {
-            v.set_sensitive(true);
-            req.headers.insert("x-consul-token", v);
-        }
+    if let Some(token) = &opts.token
+        && let Ok(mut v) = HeaderValue::from_str(token)
+    {
+        v.set_sensitive(true);
+        req.headers.insert("x-consul-token", v);
     }
     req
 }

@@ -131,9 +131,9 @@ fn tls_pool(
             for cert in certs {
                 let cert = cert
                     .map_err(|e| Error::config(format!("CONSUL_CACERT {}: {e}", path.display())))?;
-                roots.add(cert).map_err(|e| {
-                    Error::config(format!("CONSUL_CACERT {}: {e}", path.display()))
-                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::config(format!("CONSUL_CACERT {}: {e}", path.display())))?;
             }
         }
         None => {
@@ -149,9 +149,8 @@ fn tls_pool(
     .map_err(|e| Error::config(format!("TLS: {e}")))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let mut https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http();
+    let mut https =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http();
     if let Some(name) = &options.tls_server_name {
         let name = ServerName::try_from(name.clone())
             .map_err(|e| Error::config(format!("CONSUL_TLS_SERVER_NAME {name:?}: {e}")))?;

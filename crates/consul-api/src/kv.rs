@@ -153,12 +153,18 @@ impl Kv<'_> {
         if let Some(s) = &opts.release {
             req = req.query("release", s.0.clone());
         }
-        let resp = self.client.send(req).await.map_err(|e| e.with_context(format!("PUT key {key:?}")))?;
+        let resp =
+            self.client.send(req).await.map_err(|e| e.with_context(format!("PUT key {key:?}")))?;
         decode(&resp.body)
     }
 
     /// Writes `value` only if the key's `ModifyIndex` is `index` (0: only if it is absent).
-    pub async fn cas(&self, key: &str, value: impl Into<Bytes>, index: Index) -> Result<bool, Error> {
+    pub async fn cas(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        index: Index,
+    ) -> Result<bool, Error> {
         self.put_with(key, value, &PutOptions { cas: Some(index), ..Default::default() }).await
     }
 
@@ -222,7 +228,10 @@ mod tests {
         assert_eq!(pairs[0].key, "zip");
         assert_eq!(pairs[0].value.as_deref(), Some(&b"test"[..]));
         assert_eq!(pairs[0].lock_index, Index(200));
-        assert_eq!(pairs[0].session.as_ref().unwrap().as_str(), "adf4238a-882b-9ddc-4a9d-5b6758e4159e");
+        assert_eq!(
+            pairs[0].session.as_ref().unwrap().as_str(),
+            "adf4238a-882b-9ddc-4a9d-5b6758e4159e"
+        );
         let null: Vec<KvPair> = serde_json::from_str(r#"[{"Key":"k","Value":null}]"#).unwrap();
         assert_eq!(null[0].value, None);
         assert!(serde_json::from_str::<Vec<KvPair>>(r#"[{"Key":"k","Value":"%%%"}]"#).is_err());

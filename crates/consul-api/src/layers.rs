@@ -95,8 +95,11 @@ impl<T: Transport> Transport for Retry<T> {
         loop {
             let outcome = self.inner.send(req.clone()).await;
             let Some(hint) = self.should_retry(&req, &outcome) else { return outcome };
-            let delay = self.policy.backoff(attempt).max(hint).min(self.policy.max_backoff.max(hint));
-            if attempt >= self.policy.max_attempts || start.elapsed() + delay > self.policy.max_elapsed {
+            let delay =
+                self.policy.backoff(attempt).max(hint).min(self.policy.max_backoff.max(hint));
+            if attempt >= self.policy.max_attempts
+                || start.elapsed() + delay > self.policy.max_elapsed
+            {
                 tracing::debug!(path = %req.path, attempt, "giving up retrying");
                 return outcome;
             }
@@ -117,8 +120,9 @@ pub struct Token<T> {
 impl<T: Transport> Token<T> {
     /// Wraps `inner`; fails if the token is not a valid header value.
     pub fn new(inner: T, token: &str) -> Result<Self, Error> {
-        let mut token = HeaderValue::from_str(token)
-            .map_err(|_| Error::config("the ACL token contains characters not allowed in a header"))?;
+        let mut token = HeaderValue::from_str(token).map_err(|_| {
+            Error::config("the ACL token contains characters not allowed in a header")
+        })?;
         token.set_sensitive(true);
         Ok(Token { inner, token })
     }

@@ -1,1 +1,343 @@
-//! semaphore
+//! A counting semaphore under a KV prefix, compatible with Go's `consul/api` `Semaphore`.
+//!
+//! The layout is Go's: each contender holds `<prefix>/<session>` with its session (so the
+//! key unlocks when the session dies), and `<prefix>/.lock` holds the JSON
+//! `{"Limit": N, "Holders": {"<session>": true}}`, changed only by check-and-set. Holders
+//! whose contender key is no longer held are pruned by whoever next updates `.lock`. Both
+//! kinds of key carry the flags `0xe0f69a2baa414de0`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch as signal;
+use tokio::task::JoinHandle;
+
+use crate::kv::{KvPair, PutOptions};
+use crate::lock::keep_alive;
+use crate::session::{Behavior, SessionRequest};
+use crate::types::{Index, QueryOptions, SessionId};
+use crate::{Client, Error};
+
+/// The flags Go's `api.Semaphore` stores on its keys.
+pub const SEMAPHORE_FLAG_VALUE: u64 = 0xe0f6_9a2b_aa41_4de0;
+
+/// The name of the coordination key under the prefix.
+pub const SEMAPHORE_LOCK_KEY: &str = ".lock";
+
+/// The JSON document in `<prefix>/.lock`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SemaphoreLock {
+    /// How many holders at most.
+    pub limit: u32,
+    /// The current holders' session ids.
+    pub holders: BTreeMap<String, bool>,
+}
+
+/// How a [`Semaphore`] behaves; the defaults are Go's.
+#[derive(Clone, Debug)]
+pub struct SemaphoreOptions {
+    /// The KV prefix (without a trailing `/`).
+    pub prefix: String,
+    /// How many holders at most; every contender must agree on it.
+    pub limit: u32,
+    /// The value of this contender's key.
+    pub value: Bytes,
+    /// Name of the created session.
+    pub session_name: String,
+    /// TTL of the created session; renewed every TTL/2.
+    pub session_ttl: Duration,
+    /// How long one try waits for a slot.
+    pub wait_time: Duration,
+}
+
+impl SemaphoreOptions {
+    /// Go's defaults: session TTL 15 s, wait 15 s.
+    pub fn new(prefix: impl Into<String>, limit: u32) -> Self {
+        SemaphoreOptions {
+            prefix: prefix.into().trim_end_matches('/').to_string(),
+            limit,
+            value: Bytes::new(),
+            session_name: "Consul API Semaphore".into(),
+            session_ttl: Duration::from_secs(15),
+            wait_time: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A counting semaphore. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Semaphore {
+    client: Client,
+    opts: SemaphoreOptions,
+}
+
+/// A slot of the semaphore, held. Release it with [`release`](SemaphorePermit::release).
+#[derive(Debug)]
+pub struct SemaphorePermit {
+    client: Client,
+    prefix: String,
+    session: SessionId,
+    lost: signal::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    released: bool,
+}
+
+impl Semaphore {
+    /// A semaphore with `opts`; the limit must be at least 1.
+    pub fn new(client: Client, opts: SemaphoreOptions) -> Result<Self, Error> {
+        if opts.limit == 0 {
+            return Err(Error::invalid(format!(
+                "semaphore {:?}: limit must be at least 1",
+                opts.prefix
+            )));
+        }
+        if opts.prefix.is_empty() {
+            return Err(Error::invalid("a semaphore needs a non-empty prefix"));
+        }
+        Ok(Semaphore { client, opts })
+    }
+
+    fn lock_key(&self) -> String {
+        format!("{}/{SEMAPHORE_LOCK_KEY}", self.opts.prefix)
+    }
+
+    /// Waits until a slot is held. Cancel by dropping the future.
+    pub async fn acquire(&self) -> Result<SemaphorePermit, Error> {
+        loop {
+            if let Some(p) = self.try_acquire().await? {
+                return Ok(p);
+            }
+        }
+    }
+
+    /// Tries for up to `wait_time`; `Ok(None)` if every slot stayed taken.
+    pub async fn try_acquire(&self) -> Result<Option<SemaphorePermit>, Error> {
+        let session = self
+            .client
+            .session()
+            .create(&SessionRequest {
+                name: self.opts.session_name.clone(),
+                ttl: Some(self.opts.session_ttl),
+                behavior: Behavior::Delete,
+                ..Default::default()
+            })
+            .await?;
+        let contender = format!("{}/{}", self.opts.prefix, session);
+        let acquired = self
+            .client
+            .kv()
+            .put_with(
+                &contender,
+                self.opts.value.clone(),
+                &PutOptions {
+                    acquire: Some(session.clone()),
+                    flags: Some(SEMAPHORE_FLAG_VALUE),
+                    ..Default::default()
+                },
+            )
+            .await;
+        if !matches!(acquired, Ok(true)) {
+            let _ = self.client.session().destroy(&session).await;
+            return acquired
+                .and(Err(Error::aborted(format!("could not claim contender key {contender:?}"))));
+        }
+        match self.wait_for_slot(&session).await {
+            Ok(true) => {
+                let (lost_tx, lost_rx) = signal::channel(false);
+                let renew = tokio::spawn(keep_alive(
+                    self.client.clone(),
+                    session.clone(),
+                    self.opts.session_ttl,
+                    lost_tx.clone(),
+                ));
+                let monitor = tokio::spawn(monitor_holders(
+                    self.client.clone(),
+                    self.lock_key(),
+                    session.clone(),
+                    lost_tx,
+                ));
+                Ok(Some(SemaphorePermit {
+                    client: self.client.clone(),
+                    prefix: self.opts.prefix.clone(),
+                    session,
+                    lost: lost_rx,
+                    tasks: vec![renew, monitor],
+                    released: false,
+                }))
+            }
+            other => {
+                // Destroying the session deletes the contender key (behavior delete).
+                let _ = self.client.session().destroy(&session).await;
+                other.map(|_| None)
+            }
+        }
+    }
+
+    async fn wait_for_slot(&self, session: &SessionId) -> Result<bool, Error> {
+        let deadline = tokio::time::Instant::now() + self.opts.wait_time;
+        let mut index = Index(0);
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let opts = QueryOptions::blocking(index, deadline - now).consistent();
+            let (pairs, meta) = self.client.kv().list(&self.opts.prefix, &opts).await?;
+            let (lock_pair, mut doc) = self.decode(&pairs)?;
+            prune(&mut doc, &pairs, &self.opts.prefix);
+            if doc.holders.len() as u32 >= self.opts.limit {
+                index = meta.last_index.max(Index(1));
+                continue;
+            }
+            doc.holders.insert(session.to_string(), true);
+            if self.write(&doc, lock_pair.map_or(Index(0), |p| p.modify_index)).await? {
+                return Ok(true);
+            }
+            index = Index(0);
+        }
+    }
+
+    /// The `.lock` entry and its document (a fresh one if absent); checks the flags and
+    /// that every contender agrees on the limit.
+    fn decode<'p>(
+        &self,
+        pairs: &'p [KvPair],
+    ) -> Result<(Option<&'p KvPair>, SemaphoreLock), Error> {
+        let key = self.lock_key();
+        let Some(pair) = pairs.iter().find(|p| p.key == key) else {
+            return Ok((None, SemaphoreLock { limit: self.opts.limit, holders: BTreeMap::new() }));
+        };
+        if pair.flags != SEMAPHORE_FLAG_VALUE {
+            return Err(Error::aborted(format!("key {key:?} is not a semaphore's lock key")));
+        }
+        let doc: SemaphoreLock = serde_json::from_slice(pair.value.as_deref().unwrap_or(b"{}"))
+            .map_err(|e| Error::decode(format!("semaphore key {key:?}: {e}")))?;
+        if doc.limit != self.opts.limit {
+            return Err(Error::aborted(format!(
+                "semaphore {:?} has limit {}, this contender asked for {}",
+                self.opts.prefix, doc.limit, self.opts.limit
+            )));
+        }
+        Ok((Some(pair), doc))
+    }
+
+    async fn write(&self, doc: &SemaphoreLock, index: Index) -> Result<bool, Error> {
+        let body = serde_json::to_vec(doc)
+            .map_err(|e| Error::invalid(format!("cannot encode the semaphore document: {e}")))?;
+        let opts = PutOptions {
+            cas: Some(index),
+            flags: Some(SEMAPHORE_FLAG_VALUE),
+            ..Default::default()
+        };
+        self.client.kv().put_with(&self.lock_key(), body, &opts).await
+    }
+}
+
+/// Drops holders whose contender key is gone or no longer held by their session.
+fn prune(doc: &mut SemaphoreLock, pairs: &[KvPair], prefix: &str) {
+    doc.holders.retain(|session, _| {
+        let key = format!("{prefix}/{session}");
+        pairs.iter().any(|p| p.key == key && p.session.as_ref().is_some_and(|s| s.0 == *session))
+    });
+}
+
+impl SemaphorePermit {
+    /// The session holding the slot.
+    pub fn session(&self) -> &SessionId {
+        &self.session
+    }
+
+    /// True once the slot is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the slot is lost.
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        let _ = rx.wait_for(|lost| *lost).await;
+    }
+
+    /// Gives the slot back: removes this holder from `.lock` by CAS, then destroys the
+    /// session (which deletes the contender key).
+    pub async fn release(mut self) -> Result<(), Error> {
+        self.released = true;
+        for t in &self.tasks {
+            t.abort();
+        }
+        let key = format!("{}/{SEMAPHORE_LOCK_KEY}", self.prefix);
+        for _ in 0..16 {
+            let (pair, _) =
+                self.client.kv().get(&key, &QueryOptions::default().consistent()).await?;
+            let Some(pair) = pair else { break };
+            let mut doc: SemaphoreLock =
+                serde_json::from_slice(pair.value.as_deref().unwrap_or(b"{}"))
+                    .map_err(|e| Error::decode(format!("semaphore key {key:?}: {e}")))?;
+            if doc.holders.remove(self.session.as_str()).is_none() {
+                break;
+            }
+            let body = serde_json::to_vec(&doc).map_err(|e| {
+                Error::invalid(format!("cannot encode the semaphore document: {e}"))
+            })?;
+            let opts = PutOptions {
+                cas: Some(pair.modify_index),
+                flags: Some(SEMAPHORE_FLAG_VALUE),
+                ..Default::default()
+            };
+            if self.client.kv().put_with(&key, body, &opts).await? {
+                break;
+            }
+        }
+        self.client.session().destroy(&self.session).await
+    }
+}
+
+impl Drop for SemaphorePermit {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if !self.released
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // Destroying the session frees the contender key; the holder entry is pruned
+            // by the next contender.
+            let (client, session) = (self.client.clone(), self.session.clone());
+            rt.spawn(async move {
+                let _ = client.session().destroy(&session).await;
+            });
+        }
+    }
+}
+
+async fn monitor_holders(
+    client: Client,
+    key: String,
+    session: SessionId,
+    lost: signal::Sender<bool>,
+) {
+    let mut index = Index(0);
+    loop {
+        let q = QueryOptions::blocking(index, Duration::from_secs(300)).consistent();
+        match client.kv().get(&key, &q).await {
+            Ok((pair, meta)) => {
+                let holds = pair
+                    .and_then(|p| serde_json::from_slice::<SemaphoreLock>(p.value.as_deref()?).ok())
+                    .is_some_and(|d| d.holders.contains_key(session.as_str()));
+                if !holds {
+                    let _ = lost.send(true);
+                    return;
+                }
+                index =
+                    crate::watch::next_index(index, meta.last_index).unwrap_or(index).max(Index(1));
+            }
+            Err(_) => {
+                let _ = lost.send(true);
+                return;
+            }
+        }
+    }
+}

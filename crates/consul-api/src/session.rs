@@ -116,12 +116,12 @@ impl Client {
 impl Session<'_> {
     /// Creates a session; checks the TTL (10 s–24 h) and lock-delay (≤ 60 s) first.
     pub async fn create(&self, req: &SessionRequest) -> Result<SessionId, Error> {
-        if let Some(ttl) = req.ttl {
-            if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(86_400) {
-                return Err(Error::invalid(format!(
-                    "session TTL must be between 10s and 24h, got {ttl:?}"
-                )));
-            }
+        if let Some(ttl) = req.ttl
+            && (ttl < Duration::from_secs(10) || ttl > Duration::from_secs(86_400))
+        {
+            return Err(Error::invalid(format!(
+                "session TTL must be between 10s and 24h, got {ttl:?}"
+            )));
         }
         if req.lock_delay.is_some_and(|d| d > Duration::from_secs(60)) {
             return Err(Error::invalid("session lock-delay must be at most 60s"));
@@ -158,8 +158,10 @@ impl Session<'_> {
         opts: &QueryOptions,
     ) -> Result<(Option<SessionEntry>, QueryMeta), Error> {
         let path = format!("/v1/session/info/{}", segment("session id", id.as_str())?);
-        let (entries, meta) =
-            self.client.query::<Option<Vec<SessionEntry>>>(Request::new(Method::GET, path), opts).await?;
+        let (entries, meta) = self
+            .client
+            .query::<Option<Vec<SessionEntry>>>(Request::new(Method::GET, path), opts)
+            .await?;
         Ok((entries.flatten().and_then(|e| e.into_iter().next()), meta))
     }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// A Consul raft index (`X-Consul-Index`, `CreateIndex`, `ModifyIndex`, `LockIndex`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Index(pub u64);
 
@@ -110,7 +112,7 @@ pub struct QueryMeta {
 pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
-    } else if d.subsec_nanos() % 1_000_000 == 0 {
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}ns", d.as_nanos())
@@ -171,7 +173,9 @@ pub(crate) mod duration_serde {
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
@@ -183,7 +187,7 @@ pub(crate) mod duration_serde {
         match Option::<Raw>::deserialize(d)? {
             None => Ok(None),
             Some(Raw::Nanos(n)) => Ok(Some(Duration::from_nanos(n))),
-            Some(Raw::Float(f)) if f.is_finite() && f >= 0.0 && f < 1e19 => {
+            Some(Raw::Float(f)) if f.is_finite() && (0.0..1e19).contains(&f) => {
                 Ok(Some(Duration::from_nanos(f as u64)))
             }
             Some(Raw::Float(f)) => Err(D::Error::custom(format!("invalid duration {f}"))),
