@@ -1,1 +1,37 @@
-//! An in-memory Consul: a sans-IO state machine with injected time, reachable in-process and over HTTP.
+//! An in-memory Consul: a sans-IO state machine with injected time, reachable in-process
+//! through `consul_api::Transport` and over real HTTP, so any Consul client can use it.
+//!
+//! - [`core::Consul`] is the state machine: `handle(now, request)` answers or parks a
+//!   blocking query; timers come out of `next_deadline()`. It never reads a clock.
+//! - [`Sim`] drives it on tokio time and injects faults; [`SimTransport`] is the
+//!   in-process `Transport`; [`Sim::serve`] speaks Consul's HTTP API on a socket.
+//!
+//! ```
+//! use consul_sim::{Sim, SimConfig};
+//! use consul_api::QueryOptions;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), consul_api::Error> {
+//! let sim = Sim::new(SimConfig::default());
+//! let client = sim.client("app-1");
+//! client.kv().put("app/config", "v1").await?;
+//! let (pair, meta) = client.kv().get("app/config", &QueryOptions::default()).await?;
+//! assert_eq!(pair.unwrap().value.as_deref(), Some(&b"v1"[..]));
+//! assert!(meta.last_index.0 > 0);
+//!
+//! // The same store over HTTP, for any Consul client.
+//! let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+//! let http = consul_api::Client::builder().address(server.url()).build()?;
+//! assert_eq!(http.kv().get_raw("app/config", &QueryOptions::default()).await?.0.unwrap(), "v1");
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod core;
+mod server;
+mod sim;
+
+pub use crate::core::{Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
+pub use server::Server;
+pub use sim::{Failure, Sim, SimTransport};

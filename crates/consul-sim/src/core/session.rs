@@ -1,0 +1,306 @@
+//! `/v1/session`: leases, their TTLs, their checks, and what invalidation does to locks.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, Consul, Reply, SimTime, Target, duration_field, expect, field, json_body, str_field,
+};
+
+const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
+const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+const MIN_TTL: Duration = Duration::from_secs(10);
+const MAX_TTL: Duration = Duration::from_secs(86_400);
+
+/// One session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionState {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) node: String,
+    pub(crate) lock_delay: Duration,
+    pub(crate) delete: bool,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) node_checks: Vec<String>,
+    pub(crate) service_checks: Vec<String>,
+    pub(crate) create_index: u64,
+    pub(crate) modify_index: u64,
+    pub(crate) renewed_at: SimTime,
+}
+
+impl SessionState {
+    /// When the TTL runs out, `grace` × TTL after the last renewal.
+    pub(crate) fn expires_at(&self, grace: f64) -> Option<SimTime> {
+        self.ttl.map(|ttl| self.renewed_at.after(ttl.mul_f64(grace)))
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "ID": self.id,
+            "Name": self.name,
+            "Node": self.node,
+            "LockDelay": self.lock_delay.as_nanos() as u64,
+            "Behavior": if self.delete { "delete" } else { "release" },
+            "TTL": self.ttl.map(consul_api::types::format_duration).unwrap_or_default(),
+            "NodeChecks": self.node_checks,
+            "ServiceChecks": if self.service_checks.is_empty() { Value::Null } else {
+                Value::Array(self.service_checks.iter().map(|c| json!({"ID": c, "Namespace": ""})).collect())
+            },
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        })
+    }
+}
+
+impl Consul {
+    pub(crate) fn session_endpoint(
+        &mut self,
+        now: SimTime,
+        method: &Method,
+        rest: &str,
+        t: &Target,
+        body: &Bytes,
+    ) -> Result<Reply, ApiError> {
+        let _ = t;
+        let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        let path = format!("/v1/session/{rest}");
+        match verb {
+            "create" => {
+                expect(method, &Method::PUT, &path)?;
+                let id = self.create_session(now, body)?;
+                Ok(Reply::json(&json!({"ID": id})))
+            }
+            "destroy" => {
+                expect(method, &Method::PUT, &path)?;
+                require_id(arg)?;
+                self.invalidate_session(now, arg);
+                Ok(Reply::json(&json!(true)))
+            }
+            "renew" => {
+                expect(method, &Method::PUT, &path)?;
+                require_id(arg)?;
+                match self.state.sessions.get_mut(arg) {
+                    Some(s) => {
+                        s.renewed_at = now;
+                        Ok(Reply::json(&json!([s.json()])))
+                    }
+                    None => Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("Session id '{arg}' not found"),
+                    )),
+                }
+            }
+            "info" => {
+                expect(method, &Method::GET, &path)?;
+                require_id(arg)?;
+                let found: Vec<Value> =
+                    self.state.sessions.get(arg).map(|s| s.json()).into_iter().collect();
+                Ok(Reply::read_json(self.state.session_index, &Value::Array(found)))
+            }
+            "list" => {
+                expect(method, &Method::GET, &path)?;
+                let all: Vec<Value> = self.state.sessions.values().map(|s| s.json()).collect();
+                Ok(Reply::read_json(self.state.session_index, &Value::Array(all)))
+            }
+            "node" => {
+                expect(method, &Method::GET, &path)?;
+                require_id(arg)?;
+                let on: Vec<Value> = self
+                    .state
+                    .sessions
+                    .values()
+                    .filter(|s| s.node == arg)
+                    .map(|s| s.json())
+                    .collect();
+                Ok(Reply::read_json(self.state.session_index, &Value::Array(on)))
+            }
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+        }
+    }
+
+    fn create_session(&mut self, now: SimTime, body: &Bytes) -> Result<String, ApiError> {
+        let req = json_body(body, "session")?;
+        if !req.is_null() && !req.is_object() {
+            return Err(ApiError::bad_request(
+                "Request decode failed: session must be a JSON object",
+            ));
+        }
+        let node = str_field(&req, "Node")?
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| self.config.node_name.clone());
+        if !self.state.nodes.contains_key(&node) {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Missing node registration for {node:?}"),
+            ));
+        }
+        let lock_delay = duration_field(&req, "LockDelay")?.unwrap_or(DEFAULT_LOCK_DELAY);
+        if lock_delay > MAX_LOCK_DELAY {
+            return Err(ApiError::bad_request(format!(
+                "Invalid Lock Delay {lock_delay:?}: must be at most 60s"
+            )));
+        }
+        let delete = match str_field(&req, "Behavior")?.as_deref() {
+            None | Some("") | Some("release") => false,
+            Some("delete") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!("Invalid Behavior setting {other:?}")));
+            }
+        };
+        let ttl = duration_field(&req, "TTL")?.filter(|d| !d.is_zero());
+        if let Some(ttl) = ttl
+            && !(MIN_TTL..=MAX_TTL).contains(&ttl)
+        {
+            return Err(ApiError::bad_request(format!(
+                "Invalid Session TTL '{}', must be between [10s=24h0m0s]",
+                consul_api::types::format_duration(ttl)
+            )));
+        }
+        let list = |name: &str| -> Result<Option<Vec<String>>, ApiError> {
+            match field(&req, name) {
+                None => Ok(None),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| {
+                        v.as_str().map(str::to_string).ok_or_else(|| {
+                            ApiError::bad_request(format!("{name} must be a list of check ids"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some),
+                Some(_) => Err(ApiError::bad_request(format!("{name} must be a list"))),
+            }
+        };
+        let legacy = list("Checks")?;
+        let node_checks = match (list("NodeChecks")?, legacy) {
+            (Some(n), Some(l)) => n.into_iter().chain(l).collect(),
+            (Some(n), None) => n,
+            (None, Some(l)) => l,
+            (None, None) => vec!["serfHealth".to_string()],
+        };
+        let service_checks: Vec<String> = match field(&req, "ServiceChecks") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|c| {
+                    str_field(c, "ID")?
+                        .ok_or_else(|| ApiError::bad_request("ServiceChecks entries need an ID"))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(ApiError::bad_request("ServiceChecks must be a list")),
+        };
+        for id in node_checks.iter().chain(&service_checks) {
+            match self.state.checks.get(&(node.clone(), id.clone())) {
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("Missing check '{id}' registration"),
+                    ));
+                }
+                Some(c) if c.status == "critical" => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("Check '{id}' is in critical state"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let id = self.uuid();
+        let index = self.bump();
+        self.state.session_index = index;
+        self.state.sessions.insert(
+            id.clone(),
+            SessionState {
+                id: id.clone(),
+                name: str_field(&req, "Name")?.unwrap_or_default(),
+                node,
+                lock_delay,
+                delete,
+                ttl,
+                node_checks,
+                service_checks,
+                create_index: index,
+                modify_index: index,
+                renewed_at: now,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Ends a session: its locks are released (or its keys deleted) and each held key enters
+    /// the session's lock-delay, starting at `at`.
+    pub(crate) fn invalidate_session(&mut self, at: SimTime, id: &str) {
+        let Some(session) = self.state.sessions.remove(id) else { return };
+        let held: Vec<String> = self
+            .state
+            .kv
+            .iter()
+            .filter(|(_, e)| e.session.as_deref() == Some(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let index = self.bump();
+        self.state.session_index = index;
+        for key in held {
+            if session.delete {
+                self.state.kv.remove(&key);
+                self.state.tombstones.insert(key.clone(), index);
+            } else if let Some(e) = self.state.kv.get_mut(&key) {
+                e.session = None;
+                e.modify_index = index;
+            }
+            self.state.kv_index = index;
+            if !session.lock_delay.is_zero() {
+                self.state.lock_delays.insert(key, at.after(session.lock_delay));
+            }
+        }
+    }
+
+    pub(crate) fn expire_sessions(&mut self, now: SimTime) {
+        let grace = self.grace();
+        let mut due: Vec<(SimTime, String)> = self
+            .state
+            .sessions
+            .values()
+            .filter_map(|s| s.expires_at(grace).filter(|t| *t <= now).map(|t| (t, s.id.clone())))
+            .collect();
+        due.sort();
+        for (at, id) in due {
+            tracing::debug!(session = %id, "session TTL expired");
+            self.invalidate_session(at, &id);
+        }
+    }
+
+    /// Sessions bound to the check `id` on `node`.
+    pub(crate) fn sessions_bound_to(&self, node: &str, id: &str) -> Vec<String> {
+        self.state
+            .sessions
+            .values()
+            .filter(|s| {
+                s.node == node
+                    && (s.node_checks.iter().any(|c| c == id)
+                        || s.service_checks.iter().any(|c| c == id))
+            })
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// Fault injection: invalidate a session now, as if its TTL ran out.
+    pub fn expire_session(&mut self, now: SimTime, id: &str) -> bool {
+        let known = self.state.sessions.contains_key(id);
+        self.invalidate_session(now, id);
+        known
+    }
+}
+
+fn require_id(arg: &str) -> Result<(), ApiError> {
+    if arg.is_empty() || arg.contains('/') {
+        Err(ApiError::bad_request("Missing session"))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,413 @@
+//! The tokio adapter around the core: one shared simulator, its timers, its faults, and the
+//! in-process [`SimTransport`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use consul_api::{Client, Error, Request, Response, Transport};
+use http::HeaderMap;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::core::{CheckKind, Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
+
+/// Why a request got no response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The client is partitioned from the simulator: nothing was sent.
+    Partitioned,
+    /// The request was applied but its response was dropped: the outcome is unknown to
+    /// the client.
+    ResponseDropped,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    partitioned: HashSet<String>,
+    latency: Duration,
+    drop_responses: HashMap<String, u32>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    core: Mutex<Consul>,
+    start: Instant,
+    index: watch::Sender<u64>,
+    timers_changed: Arc<Notify>,
+    faults: Mutex<Faults>,
+    data_dir: Option<PathBuf>,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.driver.lock()
+            && let Some(h) = d.take()
+        {
+            h.abort();
+        }
+    }
+}
+
+/// A running simulator. Cheap to clone: clones share one store.
+///
+/// Time is tokio's: under `#[tokio::test(start_paused = true)]` TTLs and blocking waits run
+/// in microseconds, deterministically.
+#[derive(Clone, Debug)]
+pub struct Sim {
+    shared: Arc<Shared>,
+}
+
+impl Sim {
+    /// Starts a simulator with `config`. Must be called inside a tokio runtime.
+    pub fn new(config: SimConfig) -> Sim {
+        Sim::build(Consul::new(config), None)
+    }
+
+    /// Starts a simulator that restores its store from `dir` (if a snapshot is there) and
+    /// saves snapshots into it atomically.
+    pub fn with_data_dir(config: SimConfig, dir: impl Into<PathBuf>) -> Result<Sim, String> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("data dir {}: {e}", dir.display()))?;
+        let mut core = Consul::new(config);
+        let file = dir.join(SNAPSHOT_FILE);
+        if file.exists() {
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            core.restore(SimTime::default(), &bytes)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+        Ok(Sim::build(core, Some(dir)))
+    }
+
+    fn build(core: Consul, data_dir: Option<PathBuf>) -> Sim {
+        let (index, _) = watch::channel(core.index());
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            start: Instant::now(),
+            index,
+            timers_changed: Arc::new(Notify::new()),
+            faults: Mutex::default(),
+            data_dir,
+            driver: Mutex::new(None),
+        });
+        let driver = tokio::spawn(drive(
+            Arc::downgrade(&shared),
+            shared.timers_changed.clone(),
+            shared.start,
+        ));
+        if let Ok(mut d) = shared.driver.lock() {
+            *d = Some(driver);
+        }
+        Sim { shared }
+    }
+
+    /// The simulator's clock: time since it started, on tokio's clock.
+    pub fn now(&self) -> SimTime {
+        SimTime(self.shared.start.elapsed())
+    }
+
+    /// Locks the core for direct inspection or changes (tests, fault injection).
+    pub fn core(&self) -> MutexGuard<'_, Consul> {
+        self.shared.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the core at the current time, then wakes watchers and timers.
+    pub fn with_core<T>(&self, f: impl FnOnce(&mut Consul, SimTime) -> T) -> T {
+        let now = self.now();
+        let out = {
+            let mut core = self.core();
+            let out = f(&mut core, now);
+            self.publish(&core);
+            out
+        };
+        self.shared.timers_changed.notify_one();
+        out
+    }
+
+    /// Wakes the blocking queries parked on an older index.
+    fn publish(&self, core: &Consul) {
+        self.shared.index.send_if_modified(|i| {
+            let changed = *i != core.index();
+            *i = core.index();
+            changed
+        });
+    }
+
+    /// An in-process transport for the client named `client` (its name is what fault
+    /// injection partitions).
+    pub fn transport(&self, client: impl Into<String>) -> SimTransport {
+        SimTransport { sim: self.clone(), client: client.into() }
+    }
+
+    /// A `consul_api::Client` over [`transport`](Self::transport).
+    pub fn client(&self, client: impl Into<String>) -> Client {
+        Client::new(self.transport(client))
+    }
+
+    /// Handles one request from `client`, waiting out blocking queries.
+    pub async fn execute(&self, client: &str, req: SimRequest) -> Result<SimResponse, Failure> {
+        let latency = {
+            let faults = self.faults();
+            if faults.partitioned.contains(client) {
+                return Err(Failure::Partitioned);
+            }
+            faults.latency
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let mut rx = self.shared.index.subscribe();
+        let mut block = true;
+        let resp = loop {
+            let outcome = self.with_core(|core, now| core.handle(now, &req, block));
+            match outcome {
+                Outcome::Done(resp) => break resp,
+                Outcome::Blocked { index, deadline } => {
+                    let until = self.shared.start + deadline.0;
+                    tokio::select! {
+                        _ = rx.wait_for(|i| *i > index) => {}
+                        _ = tokio::time::sleep_until(until) => block = false,
+                    }
+                }
+            }
+        };
+        let mut faults = self.faults();
+        if let Some(n) = faults.drop_responses.get_mut(client)
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(Failure::ResponseDropped);
+        }
+        Ok(resp)
+    }
+
+    fn faults(&self) -> MutexGuard<'_, Faults> {
+        self.shared.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fault: the client's requests fail without reaching the store (or heals it).
+    pub fn partition(&self, client: &str, partitioned: bool) {
+        let mut f = self.faults();
+        if partitioned {
+            f.partitioned.insert(client.to_string());
+        } else {
+            f.partitioned.remove(client);
+        }
+    }
+
+    /// Fault: every request waits `latency` before it is handled.
+    pub fn set_latency(&self, latency: Duration) {
+        self.faults().latency = latency;
+    }
+
+    /// Fault: the next `count` requests of `client` are applied but their responses lost.
+    pub fn drop_responses(&self, client: &str, count: u32) {
+        self.faults().drop_responses.insert(client.to_string(), count);
+    }
+
+    /// Fault: lose (or regain) the raft leader; requests fail with 500 "No cluster leader".
+    pub fn set_leader_lost(&self, lost: bool) {
+        self.with_core(|c, _| c.set_leader_lost(lost));
+    }
+
+    /// Fault: invalidate a session now, as if its TTL ran out. False if it did not exist.
+    pub fn expire_session(&self, id: &str) -> bool {
+        self.with_core(|c, now| c.expire_session(now, id))
+    }
+
+    /// Fault: force a check of `node` to `status` (`passing`, `warning`, `critical`).
+    pub fn set_check_status(&self, node: &str, check: &str, status: &str) -> bool {
+        self.with_core(|c, now| c.force_check_status(now, node, check, status))
+    }
+
+    /// Writes a snapshot into the data dir, atomically (temp file, fsync, rename).
+    pub fn save_snapshot(&self) -> Result<(), String> {
+        let Some(dir) = &self.shared.data_dir else { return Ok(()) };
+        let bytes = self.core().snapshot()?;
+        write_atomically(dir, &bytes)
+    }
+}
+
+const SNAPSHOT_FILE: &str = "consul-sim.snapshot.json";
+
+fn write_atomically(dir: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let dst = dir.join(SNAPSHOT_FILE);
+    let err = |e: std::io::Error| format!("snapshot {}: {e}", tmp.display());
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &dst).map_err(err)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Runs the core's timers and its HTTP/TCP checks; saves snapshots when a data dir is set.
+async fn drive(shared: Weak<Shared>, timers_changed: Arc<Notify>, start: Instant) {
+    let mut saved_index = 0;
+    loop {
+        // Registered before the timers are read, so a change in between is not missed.
+        let notified = timers_changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let next = {
+            let Some(s) = shared.upgrade() else { return };
+            let sim = Sim { shared: s };
+            let now = sim.now();
+            let due = {
+                // Not `with_core`: that would wake this very loop again.
+                let mut core = sim.core();
+                core.advance(now);
+                let due = core.due_checks(now);
+                sim.publish(&core);
+                due
+            };
+            for (node, id, kind) in due {
+                tokio::spawn(run_check(Arc::downgrade(&sim.shared), node, id, kind));
+            }
+            let index = sim.core().index();
+            if sim.shared.data_dir.is_some() && index != saved_index {
+                match sim.save_snapshot() {
+                    Ok(()) => saved_index = index,
+                    Err(e) => tracing::warn!(error = %e, "saving a snapshot failed"),
+                }
+            }
+            let core = sim.core();
+            let next = [core.next_deadline(), core.next_check_run()].into_iter().flatten().min();
+            let persist =
+                sim.shared.data_dir.is_some().then_some(now.after(Duration::from_secs(1)));
+            next.into_iter().chain(persist).min()
+        };
+        match next {
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(start + t.0) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+async fn run_check(shared: Weak<Shared>, node: String, id: String, kind: CheckKind) {
+    let (status, output) = match &kind {
+        CheckKind::Http { url, timeout, .. } => http_check(url, *timeout).await,
+        CheckKind::Tcp { addr, timeout, .. } => {
+            match tokio::time::timeout(*timeout, tokio::net::TcpStream::connect(addr.as_str()))
+                .await
+            {
+                Ok(Ok(_)) => ("passing", format!("TCP connect {addr}: Success")),
+                Ok(Err(e)) => ("critical", format!("dial tcp {addr}: {e}")),
+                Err(_) => ("critical", format!("dial tcp {addr}: i/o timeout")),
+            }
+        }
+        CheckKind::Ttl(_) | CheckKind::Manual => return,
+    };
+    if let Some(s) = shared.upgrade() {
+        let sim = Sim { shared: s };
+        sim.with_core(|c, now| c.record_check(now, &node, &id, status, &output));
+    }
+}
+
+async fn http_check(url: &str, timeout: Duration) -> (&'static str, String) {
+    let rest = url.strip_prefix("http://");
+    let Some(rest) = rest else {
+        return (
+            "critical",
+            format!("Get {url:?}: only http:// checks are supported by consul-sim"),
+        );
+    };
+    let (authority, path) =
+        rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let transport = match consul_api::HttpTransport::new(authority) {
+        Ok(t) => t,
+        Err(e) => return ("critical", format!("Get {url:?}: {e}")),
+    };
+    let (path, query) = path
+        .split_once('?')
+        .map_or((path.clone(), String::new()), |(p, q)| (p.to_string(), q.to_string()));
+    let mut req = Request::new(http::Method::GET, path);
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        req = req.query(k, v);
+    }
+    req.timeout = Some(timeout);
+    match transport.send(req).await {
+        Ok(resp) if resp.status.is_success() => {
+            ("passing", format!("HTTP GET {url}: {} Output: ok", resp.status))
+        }
+        Ok(resp) if resp.status == http::StatusCode::TOO_MANY_REQUESTS => {
+            ("warning", format!("HTTP GET {url}: {}", resp.status))
+        }
+        Ok(resp) => ("critical", format!("HTTP GET {url}: {}", resp.status)),
+        Err(e) => ("critical", format!("Get {url:?}: {e}")),
+    }
+}
+
+/// The core's headers as an `http::HeaderMap` (names are lower-cased on the way).
+pub(crate) fn header_map(resp: &SimResponse) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &resp.headers {
+        if let (Ok(n), Ok(v)) =
+            (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value))
+        {
+            headers.insert(n, v);
+        }
+    }
+    headers
+}
+
+/// A `consul_api::Transport` that talks to a [`Sim`] in-process, as one named client.
+///
+/// It renders each request exactly as the HTTP client would (`Request::path_and_query`)
+/// and the core parses it the way the HTTP server does, so both paths agree.
+#[derive(Clone, Debug)]
+pub struct SimTransport {
+    sim: Sim,
+    client: String,
+}
+
+impl SimTransport {
+    /// The client name used for fault injection.
+    pub fn client_name(&self) -> &str {
+        &self.client
+    }
+
+    /// The simulator behind this transport.
+    pub fn sim(&self) -> &Sim {
+        &self.sim
+    }
+}
+
+#[async_trait]
+impl Transport for SimTransport {
+    async fn send(&self, req: Request) -> Result<Response, Error> {
+        let timeout = req.timeout.unwrap_or(consul_api::http::DEFAULT_REQUEST_TIMEOUT);
+        let sim_req = SimRequest {
+            method: req.method.clone(),
+            target: req.path_and_query(),
+            headers: req.headers.clone(),
+            body: req.body.clone(),
+        };
+        match tokio::time::timeout(timeout, self.sim.execute(&self.client, sim_req)).await {
+            Err(_) => Err(Error::timeout(timeout)),
+            Ok(Err(Failure::Partitioned)) => Err(Error::connect(format!(
+                "client {:?} is partitioned from consul-sim",
+                self.client
+            ))),
+            Ok(Err(Failure::ResponseDropped)) => {
+                Err(Error::ambiguous("consul-sim applied the request and dropped its response"))
+            }
+            Ok(Ok(resp)) => {
+                Ok(Response { status: resp.status, headers: header_map(&resp), body: resp.body })
+            }
+        }
+    }
+}
