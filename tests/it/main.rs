@@ -1,1 +1,7 @@
 //! The workspace's one integration-test binary: behaviour of every crate, on consul-sim.
+
+mod conformance;
+mod locks;
+mod sim_model;
+mod sim_wire;
+mod support;

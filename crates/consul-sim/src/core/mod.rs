@@ -340,10 +340,11 @@ impl Consul {
         let mut due = Vec::new();
         for ((node, id), c) in self.state.checks.iter_mut() {
             if let Some(interval) = c.kind.interval()
-                && c.next_run.is_none_or(|t| t <= now) {
-                    c.next_run = Some(now.after(interval));
-                    due.push((node.clone(), id.clone(), c.kind.clone()));
-                }
+                && c.next_run.is_none_or(|t| t <= now)
+            {
+                c.next_run = Some(now.after(interval));
+                due.push((node.clone(), id.clone(), c.kind.clone()));
+            }
         }
         due
     }
