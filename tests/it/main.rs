@@ -2,6 +2,7 @@
 
 mod conformance;
 mod locks;
+mod rs_consul;
 mod sim_model;
 mod sim_wire;
 mod support;

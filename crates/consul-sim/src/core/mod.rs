@@ -107,6 +107,9 @@ pub struct SimConfig {
     pub max_txn_ops: usize,
     /// Seed of the random numbers (session ids, blocking jitter): same seed, same run.
     pub seed: u64,
+    /// Shortest session TTL accepted (Consul's agent option `session_ttl_min`, default 10 s).
+    /// Lower it for real-time tests that must fail over in a few seconds.
+    pub session_ttl_min: Duration,
 }
 
 impl Default for SimConfig {
@@ -119,6 +122,7 @@ impl Default for SimConfig {
             max_value_size: 512 * 1024,
             max_txn_ops: 128,
             seed: 0x5eed,
+            session_ttl_min: Duration::from_secs(10),
         }
     }
 }

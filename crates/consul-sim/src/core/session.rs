@@ -13,7 +13,6 @@ use super::{
 
 const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
-const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(86_400);
 
 /// One session.
@@ -153,11 +152,12 @@ impl Consul {
         };
         let ttl = duration_field(&req, "TTL")?.filter(|d| !d.is_zero());
         if let Some(ttl) = ttl
-            && !(MIN_TTL..=MAX_TTL).contains(&ttl)
+            && !(self.config.session_ttl_min..=MAX_TTL).contains(&ttl)
         {
             return Err(ApiError::bad_request(format!(
-                "Invalid Session TTL '{}', must be between [10s=24h0m0s]",
-                consul_api::types::format_duration(ttl)
+                "Invalid Session TTL '{}', must be between [{}=24h0m0s]",
+                consul_api::types::format_duration(ttl),
+                consul_api::types::format_duration(self.config.session_ttl_min)
             )));
         }
         let list = |name: &str| -> Result<Option<Vec<String>>, ApiError> {
