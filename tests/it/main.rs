@@ -1,5 +1,7 @@
 //! The workspace's one integration-test binary: behaviour of every crate, on consul-sim.
 
+mod cluster;
+mod cluster_sim;
 mod conformance;
 mod locks;
 mod rs_consul;

@@ -114,14 +114,14 @@ impl Client {
 }
 
 impl Session<'_> {
-    /// Creates a session; checks the TTL (10 s–24 h) and lock-delay (≤ 60 s) first.
+    /// Creates a session; checks the TTL (≤ 24 h) and lock-delay (≤ 60 s) first. The
+    /// lower bound of the TTL is the agent's `session_ttl_min` (10 s unless configured), so
+    /// the server checks that one.
     pub async fn create(&self, req: &SessionRequest) -> Result<SessionId, Error> {
         if let Some(ttl) = req.ttl
-            && (ttl < Duration::from_secs(10) || ttl > Duration::from_secs(86_400))
+            && ttl > Duration::from_secs(86_400)
         {
-            return Err(Error::invalid(format!(
-                "session TTL must be between 10s and 24h, got {ttl:?}"
-            )));
+            return Err(Error::invalid(format!("session TTL must be at most 24h, got {ttl:?}")));
         }
         if req.lock_delay.is_some_and(|d| d > Duration::from_secs(60)) {
             return Err(Error::invalid("session lock-delay must be at most 60s"));
