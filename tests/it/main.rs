@@ -5,6 +5,7 @@ mod cluster_sim;
 mod conformance;
 mod locks;
 mod rs_consul;
+mod shards;
 mod sim_model;
 mod sim_wire;
 mod support;

@@ -252,19 +252,21 @@ impl Consul {
         let reply = self.route(now, req, &target);
         let reply = match reply {
             Ok(r) => r,
-            Err(e) => return Outcome::Done(e.into_response()),
+            // A read that found nothing (404 with an index) blocks like any other read:
+            // Consul wakes it when the key appears.
+            Err(e) => match (e.index, wait) {
+                (Some(index), Some((min_index, wait))) if block && index <= min_index => {
+                    return self.park(now, wait);
+                }
+                _ => return Outcome::Done(e.into_response()),
+            },
         };
         match (reply, wait) {
             (Reply::Read { index, response }, Some((min_index, wait)))
                 if block && index <= min_index =>
             {
                 let _ = response;
-                let jitter = if wait.is_zero() {
-                    Duration::ZERO
-                } else {
-                    Duration::from_nanos(self.random() % (wait.as_nanos() as u64 / 16 + 1))
-                };
-                Outcome::Blocked { index: self.index(), deadline: now.after(wait + jitter) }
+                self.park(now, wait)
             }
             (Reply::Read { index, response }, _) => {
                 Outcome::Done(response.with_index(index, !self.leader_lost))
@@ -315,6 +317,17 @@ impl Consul {
 
     fn leader_addr(&self) -> String {
         format!("{}:8300", self.config.node_address)
+    }
+
+    /// Parks a blocking read until the index moves or `wait` (plus up to wait/16 of
+    /// jitter, as Consul adds) passes.
+    fn park(&mut self, now: SimTime, wait: Duration) -> Outcome {
+        let jitter = if wait.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.random() % (wait.as_nanos() as u64 / 16 + 1))
+        };
+        Outcome::Blocked { index: self.index(), deadline: now.after(wait + jitter) }
     }
 
     /// Runs every timer due by `now`: session TTLs, check TTLs, lock-delays, reaping.
