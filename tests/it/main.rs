@@ -1,5 +1,6 @@
 //! The workspace's one integration-test binary: behaviour of every crate, on consul-sim.
 
+mod cli;
 mod cluster;
 mod cluster_sim;
 mod conformance;

@@ -1,3 +1,195 @@
-//! The `consul-ha` command: a demo on the embedded sim, a dev agent, and real nodes.
+//! The `consul-ha` command: a narrated demo on the embedded sim, a dev Consul agent, real
+//! cluster nodes, and status/route queries against any Consul.
 
-fn main() {}
+mod demo;
+mod ops;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Highly available, sharded services on Consul.
+#[derive(Debug, Parser)]
+#[command(name = "consul-ha", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a cluster on the embedded sim, in virtual time, and narrates what happens.
+    Demo(DemoArgs),
+    /// Serves the sim's Consul HTTP API (like `consul agent -dev`).
+    Agent(AgentArgs),
+    /// Joins a Consul as a cluster member and shard holder until interrupted.
+    Node(NodeArgs),
+    /// Shows the leader, the members and the shard health.
+    Status(StatusArgs),
+    /// Shows the shard, primary and replicas of a key.
+    Route(RouteArgs),
+}
+
+/// Options of `demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Seed of everything random: the same seed replays the same run.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Number of nodes (at least 2).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) nodes: usize,
+    /// Number of shards.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) shards: u32,
+    /// Copies of each shard.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) replicas: u32,
+    /// Print a machine-readable summary on stdout (the narration goes to stderr).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Options of `agent`.
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// Development mode: in-memory (or `--data-dir`) single-node Consul. Required.
+    #[arg(long)]
+    pub(crate) dev: bool,
+    /// Address to serve the HTTP API on.
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    pub(crate) http_addr: String,
+    /// The agent's node name.
+    #[arg(long, default_value = "consul-ha-dev")]
+    pub(crate) node: String,
+    /// Keep the store in this directory (snapshots every 5 s and on shutdown).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Shortest session TTL accepted (Consul's `session_ttl_min`); lower it for fast local
+    /// failover tests.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub(crate) session_ttl_min: Duration,
+}
+
+/// How to reach Consul.
+#[derive(Debug, Args)]
+pub(crate) struct ConsulArgs {
+    /// Consul's HTTP address (`host:port` or a URL).
+    #[arg(long, env = "CONSUL_HTTP_ADDR", default_value = "127.0.0.1:8500")]
+    pub(crate) http_addr: String,
+    /// ACL token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// The service (cluster) name.
+    #[arg(long, default_value = "consul-ha")]
+    pub(crate) service: String,
+}
+
+/// Options of `node`.
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    #[command(flatten)]
+    pub(crate) consul: ConsulArgs,
+    /// This node's id (stable across restarts).
+    #[arg(long)]
+    pub(crate) id: String,
+    /// Where this node serves, `host:port`.
+    #[arg(long)]
+    pub(crate) address: String,
+    /// Failure domain.
+    #[arg(long)]
+    pub(crate) zone: Option<String>,
+    /// Shard config file (JSON); used if Consul has none yet.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Session and check TTL (e.g. `10s`).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub(crate) ttl: Duration,
+    /// Lock-delay (e.g. `5s`).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub(crate) lock_delay: Duration,
+    /// Simulated copy time of a new shard copy (this command holds no data itself).
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub(crate) copy_time: Duration,
+}
+
+/// Options of `status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) consul: ConsulArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Options of `route`.
+#[derive(Debug, Args)]
+pub(crate) struct RouteArgs {
+    #[command(flatten)]
+    pub(crate) consul: ConsulArgs,
+    /// The key to route.
+    pub(crate) key: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    consul_api::types::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 10s"))
+}
+
+fn main() -> ExitCode {
+    // Consul spells it `agent -dev`; accept that as well as `--dev`.
+    let args = std::env::args().map(|a| if a == "-dev" { "--dev".to_string() } else { a });
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            // One line naming the problem; `--help` has the rest.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see consul-ha --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let default_log = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        command => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async move {
+                match command {
+                    Command::Agent(a) => ops::agent(a).await,
+                    Command::Node(a) => ops::node(a).await,
+                    Command::Status(a) => ops::status(a).await,
+                    Command::Route(a) => ops::route(a).await,
+                    Command::Demo(_) => unreachable!("handled above"),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

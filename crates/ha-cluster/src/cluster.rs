@@ -132,9 +132,15 @@ struct Shared {
     /// Bumped when the session appears or goes, or the lease comes back: the election
     /// re-reads the key.
     wake: watch::Sender<u64>,
+    /// Set by [`Cluster::leave`]: no task acquires, creates or registers anything after.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    fn stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -211,7 +217,7 @@ impl Shared {
         let check = self.config.check_id();
         let sent = Instant::now();
         if let Err(e) = self.client.agent().pass_ttl(&check, "heartbeat").await {
-            if !forgot_check(&e) {
+            if !forgot_check(&e) || self.stopped() {
                 return Err(e);
             }
             tracing::warn!(node = %self.config.node_id, error = %e, "Consul forgot this member; registering again");
@@ -242,6 +248,7 @@ impl Shared {
                     }
                 }
             },
+            None if self.stopped() => {}
             None => {
                 let id = self.client.session().create(&self.session_request()).await?;
                 let mut inner = self.lock();
@@ -406,7 +413,7 @@ async fn election_task(shared: Arc<Shared>) {
                 }
             }
         };
-        let Some(session) = attempt else {
+        let Some(session) = attempt.filter(|_| !shared.stopped()) else {
             refused = false;
             continue;
         };
@@ -471,7 +478,10 @@ async fn try_acquire(
             };
             let now = Instant::now();
             let mut inner = shared.lock();
-            if inner.session.as_ref() == Some(session) && shared.lease_valid(&inner, now) {
+            if inner.session.as_ref() == Some(session)
+                && shared.lease_valid(&inner, now)
+                && !shared.stopped()
+            {
                 take_office(
                     shared,
                     &mut inner,
@@ -518,11 +528,17 @@ async fn membership_task(shared: Arc<Shared>) {
             continue;
         };
         index = if next.0 == 0 && meta.last_index.0 == 0 { Index(1) } else { next };
-        let mut members: Vec<Member> = entries.iter().filter_map(Member::from_entry).collect();
-        members.sort_by(|a, b| a.id.cmp(&b.id).then_with(|| rank(a.health).cmp(&rank(b.health))));
-        members.dedup_by(|later, first| later.id == first.id);
-        apply_membership(&shared, members);
+        apply_membership(&shared, members_of(&entries));
     }
+}
+
+/// The cluster members among a service's health entries, one per id (its healthiest
+/// registration), sorted by id.
+fn members_of(entries: &[consul_api::catalog::ServiceEntry]) -> Vec<Member> {
+    let mut members: Vec<Member> = entries.iter().filter_map(Member::from_entry).collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id).then_with(|| rank(a.health).cmp(&rank(b.health))));
+    members.dedup_by(|later, first| later.id == first.id);
+    members
 }
 
 fn rank(h: Health) -> u8 {
@@ -604,9 +620,14 @@ impl ClusterBuilder {
             }),
             events: broadcast::channel(1024).0,
             wake,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         shared.register().await?;
-        shared.beat().await?;
+        if let Err(e) = shared.beat().await {
+            // Leave nothing behind: a half-started member would linger as critical.
+            let _ = shared.client.agent().deregister_service(&shared.config.service_id()).await;
+            return Err(e.into());
+        }
         let tasks = vec![
             tokio::spawn(heartbeat_task(shared.clone())),
             tokio::spawn(election_task(shared.clone())),
@@ -775,11 +796,21 @@ impl Cluster {
     /// takes over at once, without lock-delay), destroys the session and deregisters.
     /// Every step is attempted; the first failure is returned.
     pub async fn stop(mut self) -> Result<(), ClusterError> {
+        let result = self.leave().await;
         for task in self.tasks.drain(..) {
-            task.abort();
             let _ = task.await;
         }
+        result
+    }
+
+    /// [`stop`](Cluster::stop) through a shared reference (e.g. an `Arc<Cluster>`): the
+    /// member leaves; the handle stays but does nothing more.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
         let shared = &self.shared;
+        shared.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in &self.tasks {
+            task.abort();
+        }
         let (term, session) = {
             let mut inner = shared.lock();
             let term = inner.term.clone();
@@ -815,4 +846,26 @@ impl Drop for Cluster {
             task.abort();
         }
     }
+}
+
+/// Reads a cluster from outside (for status tools): its members with their health.
+pub async fn read_members(client: &Client, service: &str) -> Result<Vec<Member>, ClusterError> {
+    let (entries, _) = client
+        .health()
+        .service(service, &HealthFilter::default(), &QueryOptions::default())
+        .await?;
+    Ok(members_of(&entries))
+}
+
+/// Reads a cluster from outside (for status tools): the leader named by `leader_key`, if
+/// the key is held.
+pub async fn read_leader(
+    client: &Client,
+    leader_key: &str,
+) -> Result<Option<LeaderInfo>, ClusterError> {
+    let (pair, _) = client.kv().get(leader_key, &QueryOptions::default()).await?;
+    Ok(match key_state(pair.as_ref(), None) {
+        KeyState::Other(info) => Some(info),
+        KeyState::Ours(..) | KeyState::Free => None,
+    })
 }

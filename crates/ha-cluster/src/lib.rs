@@ -34,7 +34,9 @@ mod config;
 mod error;
 mod member;
 
-pub use cluster::{Cluster, ClusterBuilder, Event, LeaderInfo, LeaderTxn};
+pub use cluster::{
+    Cluster, ClusterBuilder, Event, LeaderInfo, LeaderTxn, read_leader, read_members,
+};
 pub use config::ClusterConfig;
 pub use error::ClusterError;
 pub use member::{Health, Member, membership_version};

@@ -17,7 +17,7 @@ mod table;
 pub use config::ShardConfig;
 pub use error::ShardError;
 pub use manager::{
-    HealthSnapshot, NodeLoad, Route, ShardHealth, ShardManager, ShardManagerOptions,
+    HealthSnapshot, NodeLoad, Route, ShardHealth, ShardManager, ShardManagerOptions, health_of,
 };
 pub use plan::{NodeStatus, NodeView};
 pub use table::{Replica, ReplicaState, RouteRef, RoutingTable, Shard, shard_for_key};

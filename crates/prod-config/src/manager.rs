@@ -117,8 +117,9 @@ impl HealthSnapshot {
     }
 }
 
-/// Computes the health of `table` given which nodes are live.
-pub(crate) fn health_of(
+/// Computes the health of `table` given which nodes are live and which are known (for
+/// status tools that read the table from KV).
+pub fn health_of(
     table: &RoutingTable,
     config: &ShardConfig,
     live: &HashSet<String>,

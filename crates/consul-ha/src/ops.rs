@@ -1,0 +1,274 @@
+//! `agent`, `node`, `status` and `route`: the operator's commands.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consul_api::{Client, QueryOptions};
+use consul_sim::{Sim, SimConfig};
+use futures_util::StreamExt;
+use ha_cluster::{Cluster, ClusterConfig, Health};
+use prod_config::{RoutingTable, ShardConfig, ShardManager, ShardManagerOptions, health_of};
+
+use crate::{AgentArgs, ConsulArgs, NodeArgs, RouteArgs, StatusArgs};
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
+    if !args.dev {
+        return Err("only development mode is supported: run `consul-ha agent -dev`".into());
+    }
+    let addr: SocketAddr = args
+        .http_addr
+        .parse()
+        .map_err(|_| format!("--http-addr {:?} is not an IP:port address", args.http_addr))?;
+    let config = SimConfig {
+        node_name: args.node.clone(),
+        session_ttl_min: args.session_ttl_min,
+        ..SimConfig::default()
+    };
+    let sim = match &args.data_dir {
+        Some(dir) => Sim::with_data_dir(config, dir)?,
+        None => Sim::new(config),
+    };
+    let server = sim.serve(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    println!("consul-ha agent -dev: Consul HTTP API at {} (node {:?})", server.url(), args.node);
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            _ = every.tick() => {
+                if let Err(e) = sim.save_snapshot() {
+                    tracing::warn!(error = %e, "snapshot failed");
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    sim.save_snapshot().map_err(|e| format!("final snapshot failed: {e}"))?;
+    Ok(())
+}
+
+/// A client for `args`, checked to reach Consul.
+async fn connect(args: &ConsulArgs) -> Result<Client, String> {
+    let mut b = Client::builder().address(args.http_addr.clone());
+    if let Some(t) = &args.token {
+        b = b.token(t.clone());
+    }
+    if let Ok(ca) = std::env::var("CONSUL_CACERT")
+        && !ca.is_empty()
+    {
+        b = b.ca_cert(ca);
+    }
+    let client = b.build().map_err(|e| format!("--http-addr {:?}: {e}", args.http_addr))?;
+    client
+        .status()
+        .leader()
+        .await
+        .map_err(|e| format!("cannot reach Consul at {}: {e}", args.http_addr))?;
+    Ok(client)
+}
+
+pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
+    let shards = match &args.config {
+        Some(path) => ShardConfig::from_file(path).map_err(|e| e.to_string())?,
+        None => ShardConfig::default(),
+    };
+    let mut config =
+        ClusterConfig::new(args.consul.service.clone(), args.id.clone(), args.address.clone());
+    config.zone = args.zone.clone();
+    config.session_ttl = args.ttl;
+    config.lock_delay = args.lock_delay;
+    config.heartbeat_interval = (args.ttl / 5).min(Duration::from_secs(1));
+    config.lease_margin = (args.ttl / 10).min(Duration::from_millis(500));
+    config.validate().map_err(|e| e.to_string())?;
+    let client = connect(&args.consul).await?;
+    let cluster =
+        Cluster::builder(client.clone(), config).start().await.map_err(|e| e.to_string())?;
+    let cluster = Arc::new(cluster);
+    let mut opts = ShardManagerOptions::new(&args.consul.service);
+    opts.auto_catch_up = Some(args.copy_time);
+    let manager = ShardManager::start(cluster.clone(), client, shards, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(id = %args.id, service = %args.consul.service, "joined");
+    let events = cluster.subscribe();
+    let logger = tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(e) = events.next().await {
+            tracing::info!(event = ?e, "cluster");
+        }
+    });
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut seen_version = 0;
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            _ = tick.tick() => {
+                let t = manager.table();
+                if t.version != seen_version {
+                    seen_version = t.version;
+                    let h = manager.health();
+                    let mine = t.shards.iter().filter(|s| s.holds(&args.id)).count();
+                    let primary = t.shards.iter().filter(|s| s.primary.as_deref() == Some(args.id.as_str())).count();
+                    tracing::info!(version = t.version, healthy = h.healthy, under_replicated = h.under_replicated,
+                        unavailable = h.unavailable, holds = mine, primary_of = primary, "shards");
+                }
+            }
+        }
+    }
+    tracing::info!("leaving");
+    manager.stop();
+    logger.abort();
+    cluster.leave().await.map_err(|e| format!("leaving the cluster: {e}"))?;
+    Ok(())
+}
+
+/// What `status` and `route` read from Consul.
+struct View {
+    leader: Option<ha_cluster::LeaderInfo>,
+    members: Vec<ha_cluster::Member>,
+    table: RoutingTable,
+    config: ShardConfig,
+}
+
+async fn view(args: &ConsulArgs) -> Result<View, String> {
+    let client = connect(args).await?;
+    let key_prefix = ClusterConfig::new(args.service.clone(), "x", "x:1").leader_key();
+    let leader = ha_cluster::read_leader(&client, &key_prefix).await.map_err(|e| e.to_string())?;
+    let members =
+        ha_cluster::read_members(&client, &args.service).await.map_err(|e| e.to_string())?;
+    let opts = ShardManagerOptions::new(&args.service);
+    let kv = client.kv();
+    let q = QueryOptions::default();
+    let table_key = format!("{}/table", opts.prefix);
+    let table = match kv.get(&table_key, &q).await.map_err(|e| e.to_string())?.0 {
+        Some(p) => RoutingTable::decode(p.value.as_deref().unwrap_or_default())
+            .map_err(|e| e.to_string())?,
+        None => RoutingTable::default(),
+    };
+    let config_key = format!("{}/config", opts.prefix);
+    let config = match kv.get(&config_key, &q).await.map_err(|e| e.to_string())?.0 {
+        Some(p) => ShardConfig::from_json(p.value.as_deref().unwrap_or_default(), &config_key)
+            .map_err(|e| e.to_string())?,
+        None => ShardConfig::default(),
+    };
+    Ok(View { leader, members, table, config })
+}
+
+pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
+    let v = view(&args.consul).await?;
+    let live: HashSet<String> =
+        v.members.iter().filter(|m| m.health == Health::Passing).map(|m| m.id.clone()).collect();
+    let known: Vec<String> = v.members.iter().map(|m| m.id.clone()).collect();
+    let health = health_of(&v.table, &v.config, &live, &known);
+    if args.json {
+        let out = serde_json::json!({
+            "service": args.consul.service,
+            "leader": v.leader.as_ref().map(|l| serde_json::json!({
+                "node_id": l.node_id, "address": l.address, "fencing_token": l.fencing_token.0,
+            })),
+            "members": v.members.iter().map(|m| serde_json::json!({
+                "id": m.id, "address": m.address, "zone": m.zone, "health": format!("{:?}", m.health).to_lowercase(),
+            })).collect::<Vec<_>>(),
+            "shards": serde_json::to_value(&health).map_err(|e| e.to_string())?,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    match &v.leader {
+        Some(l) => {
+            println!("leader: {} at {} (fencing token {})", l.node_id, l.address, l.fencing_token.0)
+        }
+        None => println!("leader: none"),
+    }
+    println!(
+        "{:<16} {:<22} {:<8} {:<10} {:>9} {:>8}",
+        "MEMBER", "ADDRESS", "ZONE", "HEALTH", "PRIMARIES", "COPIES"
+    );
+    for m in &v.members {
+        let load = health.nodes.iter().find(|l| l.node == m.id);
+        println!(
+            "{:<16} {:<22} {:<8} {:<10} {:>9} {:>8}",
+            m.id,
+            m.address,
+            m.zone.as_deref().unwrap_or("-"),
+            format!("{:?}", m.health).to_lowercase(),
+            load.map_or(0, |l| l.primaries),
+            load.map_or(0, |l| l.replicas)
+        );
+    }
+    println!(
+        "shards: {} total, {} healthy, {} under-replicated, {} unavailable (table v{}, config v{})",
+        health.shards.len(),
+        health.healthy,
+        health.under_replicated,
+        health.unavailable,
+        health.table_version,
+        health.config_version
+    );
+    Ok(())
+}
+
+pub(crate) async fn route(args: RouteArgs) -> Result<(), String> {
+    let v = view(&args.consul).await?;
+    let r = v
+        .table
+        .route(args.key.as_bytes())
+        .ok_or_else(|| format!("service {:?} has no routing table yet", args.consul.service))?;
+    let replicas: Vec<_> = r
+        .replicas
+        .iter()
+        .map(|x| (x.node.clone(), x.state == prod_config::ReplicaState::InSync))
+        .collect();
+    if args.json {
+        let out = serde_json::json!({
+            "key": args.key, "shard": r.shard, "primary": r.primary, "epoch": r.epoch,
+            "table_version": r.version,
+            "replicas": replicas.iter().map(|(n, s)| serde_json::json!({"node": n, "in_sync": s})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    } else {
+        let list: Vec<String> = replicas
+            .iter()
+            .map(|(n, s)| if *s { n.clone() } else { format!("{n} (catching up)") })
+            .collect();
+        println!(
+            "key {:?}: shard {}, primary {}, replicas [{}], epoch {}, table v{}",
+            args.key,
+            r.shard,
+            r.primary.unwrap_or("none"),
+            list.join(", "),
+            r.epoch,
+            r.version
+        );
+    }
+    Ok(())
+}
