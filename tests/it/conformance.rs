@@ -206,9 +206,14 @@ async fn sessions_are_created_renewed_listed_and_destroyed() {
         s.destroy(&id).await.unwrap();
         assert!(s.renew(&id).await.unwrap().is_none(), "{}: renewing a destroyed session", b.name);
         assert!(s.info(&id, &q()).await.unwrap().0.is_none(), "{}", b.name);
-        // The TTL bounds are checked before sending.
+        // Below the agent's session_ttl_min (10 s by default) the server refuses, naming it;
+        // above Consul's fixed 24 h maximum the client refuses before sending.
         let short = SessionRequest { ttl: Some(Duration::from_secs(5)), ..Default::default() };
-        assert!(s.create(&short).await.unwrap_err().is_invalid(), "{}", b.name);
+        let err = s.create(&short).await.unwrap_err();
+        assert_eq!(err.status_code(), Some(http::StatusCode::BAD_REQUEST), "{}: {err}", b.name);
+        assert!(err.to_string().contains("Invalid Session TTL"), "{}: {err}", b.name);
+        let long = SessionRequest { ttl: Some(Duration::from_secs(86_401)), ..Default::default() };
+        assert!(s.create(&long).await.unwrap_err().is_invalid(), "{}", b.name);
     }
 }
 
@@ -284,6 +289,30 @@ async fn blocking_queries_wake_on_a_write_and_time_out_without_one() {
         write.await.unwrap();
         assert!(after.last_index > meta.last_index, "{}", b.name);
         assert_eq!(pair.unwrap().value.as_deref(), Some(&b"v2"[..]), "{}", b.name);
+        kv.delete(&key).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_blocking_read_of_a_missing_key_waits_for_it_to_appear() {
+    for b in backends().await {
+        let kv = b.client.kv();
+        let key = unique("appears");
+        let (none, meta) = kv.get(&key, &q()).await.unwrap();
+        assert!(none.is_none() && meta.last_index.0 > 0, "{}: a 404 carries the index", b.name);
+        let writer = b.client.clone();
+        let k = key.clone();
+        let write = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer.kv().put(&k, "here").await.unwrap();
+        });
+        let started = std::time::Instant::now();
+        let opts = QueryOptions::blocking(meta.last_index, Duration::from_secs(10));
+        let (pair, after) = kv.get(&key, &opts).await.unwrap();
+        write.await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150), "{}: it blocked", b.name);
+        assert!(after.last_index > meta.last_index, "{}", b.name);
+        assert_eq!(pair.unwrap().value.as_deref(), Some(&b"here"[..]), "{}", b.name);
         kv.delete(&key).await.unwrap();
     }
 }

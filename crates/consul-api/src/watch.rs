@@ -55,6 +55,17 @@ pub fn next_index(previous: Index, returned: Index) -> Option<Index> {
     }
 }
 
+/// The index to block on next after a read returned `returned`, and whether the result
+/// changed: [`next_index`], plus Consul's rule that a watcher never blocks on 0 (a server
+/// answering 0 is read again blocking on 1). For hand-written watch loops.
+pub fn advance(previous: Index, returned: Index) -> (Index, bool) {
+    match next_index(previous, returned) {
+        None => (previous, false),
+        Some(next) if next.0 == 0 && returned.0 == 0 => (Index(1), true),
+        Some(next) => (next, true),
+    }
+}
+
 struct State<F> {
     query: F,
     opts: WatchOptions,
@@ -154,6 +165,14 @@ mod tests {
         assert_eq!(next_index(Index(10), Index(10)), None);
         assert_eq!(next_index(Index(10), Index(11)), Some(Index(11)));
         assert_eq!(next_index(Index(0), Index(7)), Some(Index(7)));
+    }
+
+    #[test]
+    fn advance_never_blocks_on_zero_and_says_what_changed() {
+        assert_eq!(advance(Index(10), Index(10)), (Index(10), false));
+        assert_eq!(advance(Index(10), Index(12)), (Index(12), true));
+        assert_eq!(advance(Index(10), Index(5)), (Index(0), true), "reset: read without blocking");
+        assert_eq!(advance(Index(0), Index(0)), (Index(1), true));
     }
 
     #[tokio::test(start_paused = true)]

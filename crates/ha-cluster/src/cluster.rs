@@ -378,11 +378,7 @@ async fn election_task(shared: Arc<Shared>) {
                 continue;
             }
         };
-        index = match consul_api::watch::next_index(index, meta.last_index) {
-            Some(Index(0)) if meta.last_index.0 == 0 => Index(1),
-            Some(next) => next,
-            None => index,
-        };
+        index = consul_api::watch::advance(index, meta.last_index).0;
 
         let now = Instant::now();
         // Decide under the lock; acquire (which awaits) outside it.
@@ -524,10 +520,11 @@ async fn membership_task(shared: Arc<Shared>) {
                     continue;
                 }
             };
-        let Some(next) = consul_api::watch::next_index(index, meta.last_index) else {
+        let (next, changed) = consul_api::watch::advance(index, meta.last_index);
+        index = next;
+        if !changed {
             continue;
-        };
-        index = if next.0 == 0 && meta.last_index.0 == 0 { Index(1) } else { next };
+        }
         apply_membership(&shared, members_of(&entries));
     }
 }

@@ -343,8 +343,10 @@ async fn controller_task(shared: Arc<Shared>) {
     }
 }
 
-async fn table_watch_task(shared: Arc<Shared>) {
-    let key = shared.opts.key("table");
+/// Watches KV key `name` under the prefix with blocking queries and hands every changed
+/// value to `apply`; `what` names it in logs.
+async fn watch_key(shared: Arc<Shared>, name: &str, what: &str, apply: fn(&Shared, &[u8])) {
+    let key = shared.opts.key(name);
     let mut index = Index(0);
     loop {
         let opts = if index.0 == 0 {
@@ -354,22 +356,14 @@ async fn table_watch_task(shared: Arc<Shared>) {
         };
         match shared.client.kv().get(&key, &opts).await {
             Ok((pair, meta)) => {
-                index = match consul_api::watch::next_index(index, meta.last_index) {
-                    Some(Index(0)) => Index(1),
-                    Some(next) => next,
-                    None => index,
-                };
-                if let Some(p) = pair {
-                    match RoutingTable::decode(p.value.as_deref().unwrap_or_default()) {
-                        Ok(t) => shared.offer_table(t),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "ignoring an unreadable routing table")
-                        }
-                    }
+                let (next, changed) = consul_api::watch::advance(index, meta.last_index);
+                index = next;
+                if let (true, Some(p)) = (changed, pair) {
+                    apply(&shared, p.value.as_deref().unwrap_or_default());
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "watching the routing table failed");
+                tracing::debug!(error = %e, "watching the {what} failed");
                 index = Index(0);
                 tokio::time::sleep(shared.opts.tick).await;
             }
@@ -377,33 +371,10 @@ async fn table_watch_task(shared: Arc<Shared>) {
     }
 }
 
-async fn config_watch_task(shared: Arc<Shared>) {
-    let key = shared.opts.key("config");
-    let mut index = Index(0);
-    loop {
-        let opts = if index.0 == 0 {
-            QueryOptions::default()
-        } else {
-            QueryOptions::blocking(index, Duration::from_secs(60))
-        };
-        match shared.client.kv().get(&key, &opts).await {
-            Ok((pair, meta)) => {
-                let next = consul_api::watch::next_index(index, meta.last_index);
-                index = match next {
-                    Some(Index(0)) => Index(1),
-                    Some(next) => next,
-                    None => index,
-                };
-                if let (Some(_), Some(p)) = (next, pair) {
-                    shared.offer_config(p.value.as_deref().unwrap_or_default());
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "watching the shard config failed");
-                index = Index(0);
-                tokio::time::sleep(shared.opts.tick).await;
-            }
-        }
+fn apply_table(shared: &Shared, bytes: &[u8]) {
+    match RoutingTable::decode(bytes) {
+        Ok(t) => shared.offer_table(t),
+        Err(e) => tracing::warn!(error = %e, "ignoring an unreadable routing table"),
     }
 }
 
@@ -489,8 +460,8 @@ impl ShardManager {
         }
         let mut tasks = vec![
             tokio::spawn(controller_task(shared.clone())),
-            tokio::spawn(table_watch_task(shared.clone())),
-            tokio::spawn(config_watch_task(shared.clone())),
+            tokio::spawn(watch_key(shared.clone(), "table", "routing table", apply_table)),
+            tokio::spawn(watch_key(shared.clone(), "config", "shard config", Shared::offer_config)),
         ];
         if let Some(copy_time) = opts.auto_catch_up {
             tasks.push(tokio::spawn(catch_up_task(shared.clone(), copy_time)));
