@@ -7,6 +7,7 @@ mod conformance;
 mod locks;
 mod rs_consul;
 mod shards;
+mod sim_agent;
 mod sim_model;
 mod sim_wire;
 mod support;

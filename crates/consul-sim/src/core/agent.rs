@@ -402,7 +402,8 @@ impl Consul {
         let ttl = duration_field(def, "TTL")?;
         let http = str_field(def, "HTTP")?.filter(|s| !s.is_empty());
         let tcp = str_field(def, "TCP")?.filter(|s| !s.is_empty());
-        let interval = duration_field(def, "Interval")?;
+        // Like Consul's agent, an interval under its 1 s minimum is raised to it.
+        let interval = duration_field(def, "Interval")?.map(|i| i.max(Duration::from_secs(1)));
         let timeout = duration_field(def, "Timeout")?.unwrap_or(Duration::from_secs(10));
         let kind = match (ttl, http, tcp) {
             (Some(ttl), None, None) => CheckKind::Ttl(ttl),
@@ -435,11 +436,6 @@ impl Consul {
                 )));
             }
         };
-        if kind.interval().is_some_and(|i| i < Duration::from_secs(1)) {
-            return Err(ApiError::bad_request(format!(
-                "check {id:?}: Interval must be at least 1s"
-            )));
-        }
         let deregister_after = duration_field(def, "DeregisterCriticalServiceAfter")?;
         let deregister_after = deregister_after.map(|d| d.max(Duration::from_secs(60)));
         let status = str_field(def, "Status")?

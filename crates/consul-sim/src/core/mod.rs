@@ -151,11 +151,34 @@ pub(crate) struct State {
     pub(crate) lock_delays: BTreeMap<String, SimTime>,
     pub(crate) nodes: BTreeMap<String, NodeState>,
     /// Services by (node, service id).
+    #[serde(with = "pair_keyed")]
     pub(crate) services: BTreeMap<(String, String), ServiceState>,
     /// Checks by (node, check id).
+    #[serde(with = "pair_keyed")]
     pub(crate) checks: BTreeMap<(String, String), CheckState>,
     pub(crate) catalog_index: u64,
     pub(crate) rng: u64,
+}
+
+/// Maps keyed by (node, id), stored in snapshots as lists of entries: JSON object keys must
+/// be strings.
+mod pair_keyed {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<V: Serialize, S: Serializer>(
+        map: &BTreeMap<(String, String), V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub(super) fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(String, String), V>, D::Error> {
+        Ok(Vec::<((String, String), V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// An in-memory Consul agent and server. See the [module docs](self).
