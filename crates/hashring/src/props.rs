@@ -37,7 +37,9 @@ proptest! {
         }
         points.sort();
         let mut probes = probes;
-        probes.extend(points.iter().take(8).map(|p| p.0));
+        // Every point and its neighbours, and the edges of the lookup tables' slices.
+        probes.extend(points.iter().flat_map(|p| [p.0, p.0.wrapping_sub(1), p.0.wrapping_add(1)]));
+        probes.extend((0..64u64).flat_map(|s| [s << 58, (s << 58).wrapping_sub(1)]));
         probes.extend([0, u64::MAX]);
         for h in probes {
             let want = points.iter().find(|p| p.0 >= h).unwrap_or(&points[0]);

@@ -140,7 +140,15 @@ struct Inner {
     owners: Vec<u32>,
     /// `table[b]` is the index of the first point whose top bits are ≥ `b`.
     table: Vec<u32>,
+    /// Fast path: for each of `2^direct_bits` equal slices of the hash space, the owner of
+    /// every hash in it when that is one member, else `NOT_DIRECT`. Most lookups end here
+    /// with one read from a small table. Empty when members do not fit in a `u16`.
+    direct: Vec<u16>,
+    direct_bits: u32,
 }
+
+/// A `direct` slice whose hashes have more than one owner.
+const NOT_DIRECT: u16 = u16::MAX;
 
 impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -223,6 +231,8 @@ impl Ring {
             *slot = if bucket == 1 << TABLE_BITS { points.len() as u32 } else { p as u32 };
         }
 
+        let (direct, direct_bits) = direct_table(&points, &owners, members.len());
+
         let mut zones: Vec<Option<&str>> = members.iter().map(|m| m.zone.as_deref()).collect();
         zones.sort_unstable();
         zones.dedup();
@@ -241,6 +251,8 @@ impl Ring {
                 points,
                 owners,
                 table,
+                direct,
+                direct_bits,
             }),
         })
     }
@@ -284,7 +296,11 @@ impl Ring {
                     + m.zone.as_ref().map_or(0, String::capacity)
             })
             .sum();
-        i.points.capacity() * 8 + i.owners.capacity() * 4 + i.table.capacity() * 4 + members
+        i.points.capacity() * 8
+            + i.owners.capacity() * 4
+            + i.table.capacity() * 4
+            + i.direct.capacity() * 2
+            + members
     }
 
     /// The virtual-node positions, sorted.
@@ -323,20 +339,23 @@ impl Ring {
     /// The member owning a hash (the first virtual node clockwise from it).
     #[inline]
     pub fn node_for_hash(&self, hash: u64) -> Option<&Member> {
-        if self.inner.points.is_empty() {
-            return None;
-        }
-        let owner = self.inner.owners[self.position(hash)];
-        Some(&self.inner.members[owner as usize])
+        let owner = self.owner_index(hash)?;
+        Some(&self.inner.members[owner])
     }
 
     /// The index (into [`members`](Self::members)) of the member owning `hash`.
     #[inline]
     pub fn owner_index(&self, hash: u64) -> Option<usize> {
-        if self.inner.points.is_empty() {
+        let i = &*self.inner;
+        if i.points.is_empty() {
             return None;
         }
-        Some(self.inner.owners[self.position(hash)] as usize)
+        if let Some(&d) = i.direct.get((hash >> (64 - i.direct_bits)) as usize)
+            && d != NOT_DIRECT
+        {
+            return Some(usize::from(d));
+        }
+        Some(i.owners[self.position(hash)] as usize)
     }
 
     /// Member indexes of every point clockwise from `hash`, once round the ring.
@@ -489,6 +508,34 @@ impl Seen {
             Seen::Many(bits) => !std::mem::replace(&mut bits[owner as usize], true),
         }
     }
+}
+
+/// The fast-path table of a ring: `2^bits` slices (one to four per point, at most 2^18 so it
+/// stays within 512 KiB; none past 2^18 points), each holding its single owner or
+/// [`NOT_DIRECT`]. A slice has a single owner when the points inside it and the first point
+/// after it all belong to one member.
+fn direct_table(points: &[u64], owners: &[u32], members: usize) -> (Vec<u16>, u32) {
+    // Past 2^18 points the slices would hold several points each: few would have one owner,
+    // and the extra read would cost more than it saves.
+    if points.is_empty() || points.len() > 1 << 18 || members >= usize::from(NOT_DIRECT) {
+        return (Vec::new(), 1);
+    }
+    let bits = (usize::BITS - points.len().leading_zeros() + 1).clamp(8, 18);
+    let slices = 1usize << bits;
+    let mut direct = Vec::with_capacity(slices);
+    let mut p = 0usize; // first point at or after the slice's lower bound
+    for slice in 0..slices {
+        let upper = ((slice as u128 + 1) << (64 - bits)) as u128;
+        let first = p;
+        while p < points.len() && u128::from(points[p]) < upper {
+            p += 1;
+        }
+        // Owners of hashes in the slice: the points inside it, then the first point after it.
+        let after = owners[p % points.len()];
+        let single = owners[first..p].iter().all(|&o| o == after);
+        direct.push(if single { after as u16 } else { NOT_DIRECT });
+    }
+    (direct, bits)
 }
 
 #[cfg(test)]
