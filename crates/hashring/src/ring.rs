@@ -525,7 +525,7 @@ fn direct_table(points: &[u64], owners: &[u32], members: usize) -> (Vec<u16>, u3
     let mut direct = Vec::with_capacity(slices);
     let mut p = 0usize; // first point at or after the slice's lower bound
     for slice in 0..slices {
-        let upper = ((slice as u128 + 1) << (64 - bits)) as u128;
+        let upper = (slice as u128 + 1) << (64 - bits);
         let first = p;
         while p < points.len() && u128::from(points[p]) < upper {
             p += 1;
