@@ -97,6 +97,25 @@ fn demo_with_seed_1_exits_0_with_the_expected_summary() {
 }
 
 #[test]
+fn the_demo_piped_into_head_stops_quietly() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(binary())
+        .args(["demo", "--seed", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("consul-ha demo"), "{first}");
+    // The reader is gone: further output hits a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
+
+#[test]
 fn an_agent_and_two_nodes_fail_over_and_status_and_route_agree() {
     let addr = format!("127.0.0.1:{}", free_port());
     let _agent = spawn(&["agent", "-dev", "--http-addr", &addr, "--session-ttl-min", "1s"], &addr);

@@ -41,7 +41,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), String> {
     let summary = rt.block_on(async { Demo::new(args).run().await });
     let ok = summary["violations"].as_array().is_some_and(|v| v.is_empty());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&summary).expect("json"));
     }
     if ok { Ok(()) } else { Err(format!("invariants broken: {}", summary["violations"])) }
 }
@@ -121,7 +121,7 @@ impl Demo {
         if self.args.json {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            outln!("{line}");
         }
     }
 
@@ -154,7 +154,13 @@ impl Demo {
     /// Waits (virtual time) for `cond`; records a violation and returns false on timeout.
     async fn until(&mut self, limit: Duration, what: &str, cond: impl Fn(&Demo) -> bool) -> bool {
         let t0 = Instant::now();
+        let mut shown = t0;
         while !cond(self) {
+            // A progress line every few virtual seconds while something takes a while.
+            if shown.elapsed() >= Duration::from_secs(3) {
+                shown = Instant::now();
+                self.progress();
+            }
             if t0.elapsed() > limit {
                 self.violations.push(format!("{what}: not reached within {limit:?}"));
                 self.say(format!("!! {what}: not reached within {limit:?}"));
@@ -163,6 +169,25 @@ impl Demo {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         true
+    }
+
+    /// One line: leader, live members, shard health, copies in flight.
+    fn progress(&self) {
+        let Some(n) = self.live().next() else { return };
+        let h = n.manager.health();
+        let copying = n
+            .manager
+            .table()
+            .shards
+            .iter()
+            .filter(|s| s.replicas.iter().any(|r| r.state == prod_config::ReplicaState::CatchingUp))
+            .count();
+        let leader = n.cluster.leader_info().map_or("none".to_string(), |l| l.node_id);
+        let passing = n.cluster.members().iter().filter(|m| m.health == Health::Passing).count();
+        self.say(format!(
+            "  … leader {leader}, {passing} members passing; shards {} healthy / {} under-replicated / {} unavailable, {copying} copying",
+            h.healthy, h.under_replicated, h.unavailable
+        ));
     }
 
     fn all_healthy(&self) -> bool {

@@ -1,6 +1,14 @@
 //! The `consul-ha` command: a narrated demo on the embedded sim, a dev Consul agent, real
 //! cluster nodes, and status/route queries against any Consul.
 
+/// `println!` that does not panic when stdout is gone (e.g. piped into `head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod demo;
 mod ops;
 

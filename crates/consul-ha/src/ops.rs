@@ -54,7 +54,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
         None => Sim::new(config),
     };
     let server = sim.serve(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    println!("consul-ha agent -dev: Consul HTTP API at {} (node {:?})", server.url(), args.node);
+    outln!("consul-ha agent -dev: Consul HTTP API at {} (node {:?})", server.url(), args.node);
     let mut every = tokio::time::interval(Duration::from_secs(5));
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -200,22 +200,27 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
             })).collect::<Vec<_>>(),
             "shards": serde_json::to_value(&health).map_err(|e| e.to_string())?,
         });
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
         return Ok(());
     }
     match &v.leader {
         Some(l) => {
-            println!("leader: {} at {} (fencing token {})", l.node_id, l.address, l.fencing_token.0)
+            outln!("leader: {} at {} (fencing token {})", l.node_id, l.address, l.fencing_token.0)
         }
-        None => println!("leader: none"),
+        None => outln!("leader: none"),
     }
-    println!(
+    outln!(
         "{:<16} {:<22} {:<8} {:<10} {:>9} {:>8}",
-        "MEMBER", "ADDRESS", "ZONE", "HEALTH", "PRIMARIES", "COPIES"
+        "MEMBER",
+        "ADDRESS",
+        "ZONE",
+        "HEALTH",
+        "PRIMARIES",
+        "COPIES"
     );
     for m in &v.members {
         let load = health.nodes.iter().find(|l| l.node == m.id);
-        println!(
+        outln!(
             "{:<16} {:<22} {:<8} {:<10} {:>9} {:>8}",
             m.id,
             m.address,
@@ -225,7 +230,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
             load.map_or(0, |l| l.replicas)
         );
     }
-    println!(
+    outln!(
         "shards: {} total, {} healthy, {} under-replicated, {} unavailable (table v{}, config v{})",
         health.shards.len(),
         health.healthy,
@@ -254,13 +259,13 @@ pub(crate) async fn route(args: RouteArgs) -> Result<(), String> {
             "table_version": r.version,
             "replicas": replicas.iter().map(|(n, s)| serde_json::json!({"node": n, "in_sync": s})).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
     } else {
         let list: Vec<String> = replicas
             .iter()
             .map(|(n, s)| if *s { n.clone() } else { format!("{n} (catching up)") })
             .collect();
-        println!(
+        outln!(
             "key {:?}: shard {}, primary {}, replicas [{}], epoch {}, table v{}",
             args.key,
             r.shard,
