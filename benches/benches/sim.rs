@@ -61,7 +61,6 @@ fn bench(c: &mut Criterion) {
 
     // 10,000 idle watchers on one key, in-process: memory once, then wake-up time.
     let watchers = 10_000;
-    let (_, meta) = rt.block_on(local.kv().get("bench/watched", &QueryOptions::default())).unwrap();
     let before = rss_bytes();
     let mut woken = Vec::new();
     let mut wake_times = Vec::new();
@@ -98,7 +97,6 @@ fn bench(c: &mut Criterion) {
         wake_times.push(start.elapsed());
         woken.push(results.iter().filter(|i| **i > meta.last_index).count());
     }
-    let _ = meta;
     wake_times.sort();
     eprintln!(
         "sim/10000-watchers: all woken by one write in {:?} (median of 5; min {:?}, max {:?}); woken per round {:?}",

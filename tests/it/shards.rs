@@ -149,8 +149,13 @@ async fn a_new_leader_finishes_a_rebalance_its_predecessor_started() {
     let last = h.last.as_ref().unwrap();
     let on_n6 = last.shards.iter().filter(|s| s.holds("n6")).count();
     assert!(on_n6 >= 10, "n6 took its share: {on_n6} of 32 shards");
-    let keys: HashSet<usize> = (0..32).collect();
-    assert_eq!(keys.len(), last.shards.len(), "no shard lost");
+    assert_eq!(last.shards.len(), 32);
+    for (i, s) in last.shards.iter().enumerate() {
+        let copies: HashSet<&str> = s.in_sync().map(|r| r.node.as_str()).collect();
+        assert_eq!(copies.len(), 3, "shard {i} ends with three in-sync copies: {s:?}");
+        assert!(!copies.contains(leader), "shard {i} still counts on the killed node");
+        assert!(s.primary.as_deref().is_some_and(|p| copies.contains(p)), "shard {i}: {s:?}");
+    }
     // Every node routes every key the same way.
     let tables: Vec<_> = nodes.values().map(|n| n.manager.table()).collect();
     for i in 0..1000 {
