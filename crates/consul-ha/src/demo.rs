@@ -197,21 +197,8 @@ impl Demo {
     fn print_members(&self) {
         let Some(n) = self.live().next() else { return };
         let health = n.manager.health();
-        self.say(format!(
-            "  {:<8} {:<14} {:<8} {:<9} {:>9} {:>7}",
-            "MEMBER", "ADDRESS", "ZONE", "HEALTH", "PRIMARIES", "COPIES"
-        ));
-        for m in n.cluster.members() {
-            let load = health.nodes.iter().find(|l| l.node == m.id);
-            self.say(format!(
-                "  {:<8} {:<14} {:<8} {:<9} {:>9} {:>7}",
-                m.id,
-                m.address,
-                m.zone.as_deref().unwrap_or("-"),
-                format!("{:?}", m.health).to_lowercase(),
-                load.map_or(0, |l| l.primaries),
-                load.map_or(0, |l| l.replicas)
-            ));
+        for line in crate::member_table(&n.cluster.members(), &health) {
+            self.say(format!("  {line}"));
         }
         self.say(format!(
             "  shards: {} healthy, {} under-replicated, {} unavailable (table v{})",

@@ -145,6 +145,38 @@ pub(crate) struct RouteArgs {
     pub(crate) json: bool,
 }
 
+/// A member's health as one lower-case word.
+pub(crate) fn health_name(h: ha_cluster::Health) -> &'static str {
+    match h {
+        ha_cluster::Health::Passing => "passing",
+        ha_cluster::Health::Warning => "warning",
+        ha_cluster::Health::Critical => "critical",
+        ha_cluster::Health::Maintenance => "maintenance",
+    }
+}
+
+/// The member table of `demo` and `status`: a header and one row per member with its load.
+pub(crate) fn member_table(
+    members: &[ha_cluster::Member],
+    health: &prod_config::HealthSnapshot,
+) -> Vec<String> {
+    let row = |cells: [&str; 6]| {
+        format!(
+            "{:<12} {:<22} {:<8} {:<11} {:>9} {:>7}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+        )
+    };
+    let mut lines = vec![row(["MEMBER", "ADDRESS", "ZONE", "HEALTH", "PRIMARIES", "COPIES"])];
+    for m in members {
+        let load = health.nodes.iter().find(|l| l.node == m.id);
+        let primaries = load.map_or(0, |l| l.primaries).to_string();
+        let copies = load.map_or(0, |l| l.replicas).to_string();
+        let zone = m.zone.as_deref().unwrap_or("-");
+        lines.push(row([&m.id, &m.address, zone, health_name(m.health), &primaries, &copies]));
+    }
+    lines
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     consul_api::types::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 10s"))
 }

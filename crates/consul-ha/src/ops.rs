@@ -196,7 +196,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
                 "node_id": l.node_id, "address": l.address, "fencing_token": l.fencing_token.0,
             })),
             "members": v.members.iter().map(|m| serde_json::json!({
-                "id": m.id, "address": m.address, "zone": m.zone, "health": format!("{:?}", m.health).to_lowercase(),
+                "id": m.id, "address": m.address, "zone": m.zone, "health": crate::health_name(m.health),
             })).collect::<Vec<_>>(),
             "shards": serde_json::to_value(&health).map_err(|e| e.to_string())?,
         });
@@ -209,26 +209,8 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
         }
         None => outln!("leader: none"),
     }
-    outln!(
-        "{:<16} {:<22} {:<8} {:<10} {:>9} {:>8}",
-        "MEMBER",
-        "ADDRESS",
-        "ZONE",
-        "HEALTH",
-        "PRIMARIES",
-        "COPIES"
-    );
-    for m in &v.members {
-        let load = health.nodes.iter().find(|l| l.node == m.id);
-        outln!(
-            "{:<16} {:<22} {:<8} {:<10} {:>9} {:>8}",
-            m.id,
-            m.address,
-            m.zone.as_deref().unwrap_or("-"),
-            format!("{:?}", m.health).to_lowercase(),
-            load.map_or(0, |l| l.primaries),
-            load.map_or(0, |l| l.replicas)
-        );
+    for line in crate::member_table(&v.members, &health) {
+        outln!("{line}");
     }
     outln!(
         "shards: {} total, {} healthy, {} under-replicated, {} unavailable (table v{}, config v{})",
