@@ -198,3 +198,44 @@ async fn an_invalid_config_update_is_rejected_and_the_old_one_stays() {
     .await;
     assert!(node.manager.rejected_config().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn draining_a_node_moves_its_copies_away_before_dropping_them() {
+    let sim = Sim::new(SimConfig::default());
+    let shards = ShardConfig {
+        shards: 16,
+        replication_factor: 2,
+        min_live: 2,
+        max_moving_fraction: 0.25,
+        ..ShardConfig::default()
+    };
+    let mut nodes = Vec::new();
+    for (id, zone) in [("n1", "z1"), ("n2", "z2"), ("n3", "z1"), ("n4", "z2")] {
+        nodes.push(start(&sim, id, zone, &shards).await);
+    }
+    eventually(Duration::from_secs(30), "healthy", || {
+        nodes.iter().all(|n| n.manager.health().all_healthy())
+    })
+    .await;
+    let held = nodes[0].manager.table().shards.iter().filter(|s| s.holds("n4")).count();
+    assert!(held > 0, "n4 holds copies before the drain");
+    let mut next = nodes[0].manager.config();
+    next.version += 1;
+    next.drain = vec!["n4".into()];
+    nodes[0].manager.update_config(&next).await.unwrap();
+    let mut lowest_in_sync = usize::MAX;
+    eventually(Duration::from_secs(60), "n4 drained and everything healthy", || {
+        let t = nodes[0].manager.table();
+        for s in &t.shards {
+            lowest_in_sync = lowest_in_sync.min(s.in_sync().count());
+        }
+        t.shards.iter().all(|s| !s.holds("n4"))
+            && nodes.iter().all(|n| n.manager.health().all_healthy())
+    })
+    .await;
+    assert!(
+        lowest_in_sync >= 2,
+        "never below min_live in-sync copies while draining: {lowest_in_sync}"
+    );
+    assert_eq!(nodes[3].manager.config().drain, ["n4"], "every node applied the update");
+}
