@@ -67,7 +67,12 @@ async fn the_data_dir_survives_a_restart_and_a_torn_snapshot_write() {
         let c = sim.client("a");
         c.kv().put("app/config", "v1").await.unwrap();
         c.kv().put("app/other", vec![0u8, 255, 7]).await.unwrap();
-        sim.save_snapshot().unwrap();
+        // Saves from several threads at once (the driver saves too) take turns.
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..10).for_each(|_| sim.save_snapshot().unwrap()));
+            }
+        });
         let index = sim.core().index();
         // A crash in the middle of the next write leaves a torn temp file behind.
         std::fs::write(dir.join("consul-sim.snapshot.json.tmp"), b"{\"index\": 99, \"kv\": {")

@@ -39,6 +39,9 @@ struct Shared {
     timers_changed: Arc<Notify>,
     faults: Mutex<Faults>,
     data_dir: Option<PathBuf>,
+    /// Held while a snapshot is written: the driver and callers of `save_snapshot` share
+    /// one temp file, so writes take turns.
+    persisting: Mutex<()>,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -91,6 +94,7 @@ impl Sim {
             timers_changed: Arc::new(Notify::new()),
             faults: Mutex::default(),
             data_dir,
+            persisting: Mutex::new(()),
             driver: Mutex::new(None),
         });
         let driver = tokio::spawn(drive(
@@ -226,6 +230,7 @@ impl Sim {
     /// Writes a snapshot into the data dir, atomically (temp file, fsync, rename).
     pub fn save_snapshot(&self) -> Result<(), String> {
         let Some(dir) = &self.shared.data_dir else { return Ok(()) };
+        let _turn = self.shared.persisting.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = self.core().snapshot()?;
         write_atomically(dir, &bytes)
     }
