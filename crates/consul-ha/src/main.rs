@@ -72,7 +72,7 @@ pub(crate) struct AgentArgs {
     /// The agent's node name.
     #[arg(long, default_value = "consul-ha-dev")]
     pub(crate) node: String,
-    /// Keep the store in this directory (snapshots every 5 s and on shutdown).
+    /// Keep the store in this directory (snapshots after changes and on shutdown).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
     /// Shortest session TTL accepted (Consul's `session_ttl_min`); lower it for fast local

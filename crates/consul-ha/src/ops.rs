@@ -55,19 +55,9 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     };
     let server = sim.serve(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     outln!("consul-ha agent -dev: Consul HTTP API at {} (node {:?})", server.url(), args.node);
-    let mut every = tokio::time::interval(Duration::from_secs(5));
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            () = &mut signal => break,
-            _ = every.tick() => {
-                if let Err(e) = sim.save_snapshot() {
-                    tracing::warn!(error = %e, "snapshot failed");
-                }
-            }
-        }
-    }
+    // The sim snapshots into the data dir by itself after changes (at most once a second);
+    // shutting down takes a last one.
+    shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     sim.save_snapshot().map_err(|e| format!("final snapshot failed: {e}"))?;
@@ -161,20 +151,20 @@ struct View {
 
 async fn view(args: &ConsulArgs) -> Result<View, String> {
     let client = connect(args).await?;
-    let key_prefix = ClusterConfig::new(args.service.clone(), "x", "x:1").leader_key();
-    let leader = ha_cluster::read_leader(&client, &key_prefix).await.map_err(|e| e.to_string())?;
+    let leader_key = format!("{}/leader", ClusterConfig::default_key_prefix(&args.service));
+    let leader = ha_cluster::read_leader(&client, &leader_key).await.map_err(|e| e.to_string())?;
     let members =
         ha_cluster::read_members(&client, &args.service).await.map_err(|e| e.to_string())?;
     let opts = ShardManagerOptions::new(&args.service);
     let kv = client.kv();
     let q = QueryOptions::default();
-    let table_key = format!("{}/table", opts.prefix);
+    let table_key = opts.table_key();
     let table = match kv.get(&table_key, &q).await.map_err(|e| e.to_string())?.0 {
         Some(p) => RoutingTable::decode(p.value.as_deref().unwrap_or_default())
             .map_err(|e| e.to_string())?,
         None => RoutingTable::default(),
     };
-    let config_key = format!("{}/config", opts.prefix);
+    let config_key = opts.config_key();
     let config = match kv.get(&config_key, &q).await.map_err(|e| e.to_string())?.0 {
         Some(p) => ShardConfig::from_json(p.value.as_deref().unwrap_or_default(), &config_key)
             .map_err(|e| e.to_string())?,

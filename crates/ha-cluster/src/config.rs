@@ -58,7 +58,7 @@ impl ClusterConfig {
     ) -> Self {
         let service = service.into();
         ClusterConfig {
-            key_prefix: format!("ha-cluster/{service}"),
+            key_prefix: ClusterConfig::default_key_prefix(&service),
             service,
             node_id: node_id.into(),
             node_address: node_address.into(),
@@ -76,6 +76,12 @@ impl ClusterConfig {
             vnodes_per_weight: 160,
             seed: 0,
         }
+    }
+
+    /// The KV prefix a cluster of `service` uses unless configured otherwise:
+    /// `ha-cluster/<service>` (its leader key is `<prefix>/leader`).
+    pub fn default_key_prefix(service: &str) -> String {
+        format!("ha-cluster/{service}")
     }
 
     /// The leader key.

@@ -44,6 +44,16 @@ impl ShardManagerOptions {
     fn key(&self, name: &str) -> String {
         format!("{}/{name}", self.prefix.trim_end_matches('/'))
     }
+
+    /// The KV key of the routing table.
+    pub fn table_key(&self) -> String {
+        self.key("table")
+    }
+
+    /// The KV key of the shard config.
+    pub fn config_key(&self) -> String {
+        self.key("config")
+    }
 }
 
 /// Where a key goes (owned; see [`RoutingTable::route`] for the borrowed, faster form).
@@ -207,7 +217,7 @@ impl Shared {
     /// Applies a config from KV if it is a valid step forward; otherwise keeps the old one
     /// and says why.
     fn offer_config(&self, bytes: &[u8]) {
-        let key = self.opts.key("config");
+        let key = self.opts.config_key();
         let mut cur = self.config.write().unwrap_or_else(|e| e.into_inner());
         let result = ShardConfig::from_json(bytes, &key).and_then(|next| {
             if next == *cur {
@@ -267,7 +277,7 @@ impl Shared {
 
     async fn read_table(&self) -> Result<(RoutingTable, Index), ShardError> {
         let opts = QueryOptions::default().consistent();
-        let (pair, _) = self.client.kv().get(&self.opts.key("table"), &opts).await?;
+        let (pair, _) = self.client.kv().get(&self.opts.table_key(), &opts).await?;
         match pair {
             None => Ok((RoutingTable::default(), Index(0))),
             Some(p) => {
@@ -311,7 +321,7 @@ impl Shared {
             self.offer_table(table);
             return Ok(false);
         };
-        let op = KvOp::cas(self.opts.key("table"), Bytes::from(next.encode()), index);
+        let op = KvOp::cas(self.opts.table_key(), Bytes::from(next.encode()), index);
         match self.cluster.leader_txn(vec![op]).await {
             Ok(_) => {
                 tracing::info!(version = next.version, "routing table step applied");
@@ -431,7 +441,7 @@ impl ShardManager {
         opts: ShardManagerOptions,
     ) -> Result<ShardManager, ShardError> {
         initial.validate()?;
-        let config_key = opts.key("config");
+        let config_key = opts.config_key();
         client.kv().cas(&config_key, Bytes::from(initial.to_json()), Index(0)).await?;
         let shared = Arc::new(Shared {
             cluster,
@@ -524,7 +534,7 @@ impl ShardManager {
     /// applies it from its watch.
     pub async fn update_config(&self, next: &ShardConfig) -> Result<(), ShardError> {
         self.shared.config().check_update(next)?;
-        self.shared.client.kv().put(&self.shared.opts.key("config"), next.to_json()).await?;
+        self.shared.client.kv().put(&self.shared.opts.config_key(), next.to_json()).await?;
         Ok(())
     }
 
