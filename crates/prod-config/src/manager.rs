@@ -391,7 +391,8 @@ fn apply_table(shared: &Shared, bytes: &[u8]) {
 /// Simulated copying: reports this node's catching-up copies done after `copy_time`.
 async fn catch_up_task(shared: Arc<Shared>, copy_time: Duration) {
     let me = shared.cluster.config().node_id.clone();
-    let mut started: HashMap<(u32, u64), Instant> = HashMap::new();
+    // Copies in progress here: when each started, and whether it was reported done.
+    let mut started: HashMap<(u32, u64), (Instant, bool)> = HashMap::new();
     loop {
         tokio::time::sleep(shared.opts.tick).await;
         let table = shared.table();
@@ -406,11 +407,13 @@ async fn catch_up_task(shared: Arc<Shared>, copy_time: Duration) {
         }
         started.retain(|k, _| pending.contains(k));
         for k in pending {
-            let t0 = *started.entry(k).or_insert(now);
-            if now - t0 >= copy_time
-                && let Err(e) = report(&shared, k.0, k.1).await
-            {
-                tracing::debug!(error = %e, "reporting a caught-up copy failed");
+            let (t0, reported) = started.entry(k).or_insert((now, false));
+            if *reported || now - *t0 < copy_time {
+                continue;
+            }
+            match report(&shared, k.0, k.1).await {
+                Ok(()) => *reported = true,
+                Err(e) => tracing::debug!(error = %e, "reporting a caught-up copy failed"),
             }
         }
     }
