@@ -385,17 +385,32 @@ impl Ring {
         if n == 0 {
             return;
         }
-        let mut seen = Seen::new(i.members.len(), n);
-        let start = self.position(hash_key(key));
         let len = i.points.len();
-        for step in 0..len {
-            let owner = i.owners[(start + step) % len];
+        let mut at = self.position(hash_key(key));
+        if n <= 16 {
+            // Few replicas: `out` itself says who is taken; no allocation besides `out`.
+            for _ in 0..len {
+                let m = &i.members[i.owners[at] as usize];
+                if !out.iter().any(|o| std::ptr::eq(*o, m)) {
+                    out.push(m);
+                    if out.len() == n {
+                        return;
+                    }
+                }
+                at = if at + 1 == len { 0 } else { at + 1 };
+            }
+            return;
+        }
+        let mut seen = Seen::new(i.members.len(), n);
+        for _ in 0..len {
+            let owner = i.owners[at];
             if seen.insert(owner) {
                 out.push(&i.members[owner as usize]);
                 if out.len() == n {
                     return;
                 }
             }
+            at = if at + 1 == len { 0 } else { at + 1 };
         }
     }
 
@@ -594,6 +609,28 @@ mod tests {
             Ring::with_config([], RingConfig { vnodes_per_weight: 0 }).unwrap_err(),
             RingError::ZeroVnodes
         );
+    }
+
+    #[test]
+    fn replicas_match_a_naive_walk_for_few_and_many() {
+        let ring = Ring::new((0..40).map(|i| Member::new(format!("m{i:02}")))).unwrap();
+        for key in ["a", "b", "user:42", "order:7"] {
+            // Naive: walk every point from the owner, keep first sightings.
+            let start = ring.position(hash_key(key.as_bytes()));
+            let mut naive: Vec<&str> = Vec::new();
+            for step in 0..ring.points().len() {
+                let owner = ring.owners()[(start + step) % ring.points().len()] as usize;
+                let name = ring.members()[owner].name.as_str();
+                if !naive.contains(&name) {
+                    naive.push(name);
+                }
+            }
+            for n in [1, 3, 16, 17, 30, 40, 50] {
+                let got: Vec<&str> =
+                    ring.replicas(key.as_bytes(), n).iter().map(|m| m.name.as_str()).collect();
+                assert_eq!(got, naive[..n.min(40)], "key {key}, n {n}");
+            }
+        }
     }
 
     #[test]
