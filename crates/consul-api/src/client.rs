@@ -286,3 +286,25 @@ pub(crate) fn segment<'a>(what: &str, value: &'a str) -> Result<&'a str, Error> 
         Ok(value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocking_query_on_index_0_is_a_plain_read() {
+        let wait = Duration::from_secs(30);
+        let plain = apply_query_options(
+            Request::new(Method::GET, "/v1/kv/a"),
+            &QueryOptions::blocking(Index(0), wait),
+        );
+        assert_eq!(plain.path_and_query(), "/v1/kv/a");
+        assert_eq!(plain.timeout, None);
+        let blocking = apply_query_options(
+            Request::new(Method::GET, "/v1/kv/a"),
+            &QueryOptions::blocking(Index(7), wait),
+        );
+        assert_eq!(blocking.path_and_query(), "/v1/kv/a?index=7&wait=30000ms");
+        assert!(blocking.timeout.is_some_and(|t| t > wait + wait / 16));
+    }
+}

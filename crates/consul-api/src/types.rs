@@ -73,7 +73,9 @@ pub struct QueryOptions {
 }
 
 impl QueryOptions {
-    /// Options for a blocking query: wait up to `wait` for an index above `index`.
+    /// Options for a blocking query: wait up to `wait` for an index above `index`. With index
+    /// 0 it is a plain read (Consul never blocks on 0, and the client sends no `index`), so a
+    /// watch loop can use it from its first read on.
     pub fn blocking(index: Index, wait: Duration) -> Self {
         QueryOptions { index, wait: Some(wait), ..Default::default() }
     }

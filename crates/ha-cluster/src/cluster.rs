@@ -327,11 +327,7 @@ async fn election_task(shared: Arc<Shared>) {
     // Consul refused our last attempt on a free key: it is in lock-delay.
     let mut refused = false;
     loop {
-        let opts = if index.0 == 0 {
-            QueryOptions::default()
-        } else {
-            QueryOptions::blocking(index, c.watch_wait)
-        };
+        let opts = QueryOptions::blocking(index, c.watch_wait);
         let kv = shared.client.kv();
         let read = kv.get(&key, &opts);
         tokio::pin!(read);
@@ -501,11 +497,7 @@ async fn membership_task(shared: Arc<Shared>) {
     let mut backoff = Backoff::new(c.retry_min, c.retry_max, c.seed ^ 0x4d42);
     let mut index = Index(0);
     loop {
-        let opts = if index.0 == 0 {
-            QueryOptions::default()
-        } else {
-            QueryOptions::blocking(index, c.watch_wait)
-        };
+        let opts = QueryOptions::blocking(index, c.watch_wait);
         let (entries, meta) =
             match shared.client.health().service(&c.service, &HealthFilter::default(), &opts).await
             {

@@ -359,11 +359,7 @@ async fn watch_key(shared: Arc<Shared>, name: &str, what: &str, apply: fn(&Share
     let key = shared.opts.key(name);
     let mut index = Index(0);
     loop {
-        let opts = if index.0 == 0 {
-            QueryOptions::default()
-        } else {
-            QueryOptions::blocking(index, Duration::from_secs(60))
-        };
+        let opts = QueryOptions::blocking(index, Duration::from_secs(60));
         match shared.client.kv().get(&key, &opts).await {
             Ok((pair, meta)) => {
                 let (next, changed) = consul_api::watch::advance(index, meta.last_index);
