@@ -1,10 +1,13 @@
-//! The workspace's one integration-test binary: behaviour of every crate, on consul-sim.
+//! The workspace's one integration-test binary: behaviour of every crate, on consul-sim and,
+//! where a test claims a Consul behaviour, on a real Consul 1.8.7 too.
 
 mod cli;
 mod cluster;
 mod cluster_sim;
 mod conformance;
+mod differential;
 mod locks;
+mod real_consul;
 mod rs_consul;
 mod shards;
 mod sim_agent;

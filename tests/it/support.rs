@@ -1,8 +1,11 @@
-//! Backends the conformance suite runs against: the sim in-process, the sim over HTTP, and
-//! a real Consul when `CONSUL_HTTP_ADDR` is set.
+//! Backends the client-level conformance tests run against: the sim in-process, the sim over
+//! HTTP, and a real Consul 1.8.7 dev agent the test starts itself (or the Consul at
+//! `CONSUL_HTTP_ADDR`, when that is set).
 
 use consul_api::Client;
 use consul_sim::{Server, Sim, SimConfig};
+
+use crate::real_consul::RealConsul;
 
 /// One place a test can send its requests.
 pub(crate) struct Backend {
@@ -11,31 +14,38 @@ pub(crate) struct Backend {
     /// A client for it.
     pub(crate) client: Client,
     _server: Option<Server>,
+    _consul: Option<RealConsul>,
 }
 
-/// The simulator in-process and over HTTP, plus a real Consul if `CONSUL_HTTP_ADDR` is set.
+/// The simulator in-process and over HTTP, and a real Consul.
 pub(crate) async fn backends() -> Vec<Backend> {
     let sim = Sim::new(SimConfig::default());
     let server = sim.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
     let http = Client::builder().address(server.url()).build().expect("client");
     let mut out = vec![
-        Backend { name: "sim in-process", client: sim.client("test"), _server: None },
-        Backend { name: "sim over HTTP", client: http, _server: Some(server) },
+        Backend {
+            name: "sim in-process",
+            client: sim.client("test"),
+            _server: None,
+            _consul: None,
+        },
+        Backend { name: "sim over HTTP", client: http, _server: Some(server), _consul: None },
     ];
     match std::env::var("CONSUL_HTTP_ADDR") {
-        Ok(addr) if !addr.is_empty() => {
-            out.push(Backend {
-                name: "real Consul",
-                client: Client::from_env().expect("CONSUL_HTTP_ADDR is usable"),
-                _server: None,
-            });
-        }
+        Ok(addr) if !addr.is_empty() => out.push(Backend {
+            name: "real Consul (CONSUL_HTTP_ADDR)",
+            client: Client::from_env().expect("CONSUL_HTTP_ADDR is usable"),
+            _server: None,
+            _consul: None,
+        }),
         _ => {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                eprintln!(
-                    "conformance: CONSUL_HTTP_ADDR is not set; skipping the real-Consul backend"
-                );
+            let consul = RealConsul::start().await;
+            let client = Client::builder().address(consul.url()).build().expect("client");
+            out.push(Backend {
+                name: "real Consul 1.8.7",
+                client,
+                _server: None,
+                _consul: Some(consul),
             });
         }
     }

@@ -1,15 +1,21 @@
 //! The workspace's own tasks, run as `cargo xtask <task>`:
 //!
-//! - `ci`: everything CI runs, in order, stopping at the first failure;
+//! - `ci`: what CI runs after the tests, in order, stopping at the first failure: lint,
+//!   conformance, docs, layering, licences;
 //! - `test`: the whole test suite (the README's test command);
 //! - `lint`: formatting, clippy and the tidy checks only;
 //! - `layers`: the layering check alone;
+//! - `consul`: installs the reference Consul 1.8.7 into `target/consul/` and prints its path;
+//! - `conformance`: the differential conformance suite (sim in-process, sim over HTTP, real
+//!   Consul) and the randomized differential test, ending with one summary line;
 //! - `bench-report`: a table of the last criterion run, each peer as a ratio ours / peer.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use serde_json::Value;
+
+mod consul;
 
 /// Each crate of ours and its layer: a crate may depend only on crates of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
@@ -36,8 +42,12 @@ fn main() -> ExitCode {
         "layers" => layers(),
         "tidy" => tidy(),
         "bench-report" => bench_report(),
+        "consul" => consul::run(&root()),
+        "conformance" => conformance(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|lint|layers|tidy|bench-report>");
+            eprintln!(
+                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|bench-report>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -52,9 +62,10 @@ fn main() -> ExitCode {
 
 type Result = std::result::Result<(), String>;
 
+/// What CI runs after the README's test command (`.ci/run` runs `cargo xtask test` first).
 fn ci() -> Result {
     lint()?;
-    test()?;
+    conformance()?;
     step("docs", {
         let mut c = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
         c.env("RUSTDOCFLAGS", "-D warnings");
@@ -88,9 +99,46 @@ fn lint() -> Result {
     tidy()
 }
 
+/// The README's test command: every test, real Consul included (installed first if missing).
 fn test() -> Result {
-    step("tests (nextest)", cargo(&["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+    let consul = consul::ensure(&root())?;
+    let mut nextest = cargo(&["nextest", "run", "--workspace", "--no-fail-fast"]);
+    nextest.env("CONSUL_BIN", &consul);
+    step("tests (nextest)", nextest)?;
     step("doctests", cargo(&["test", "--workspace", "--doc"]))
+}
+
+/// The conformance cases and the randomized differential test against a real Consul, then
+/// the one summary line they leave in `target/conformance/`.
+fn conformance() -> Result {
+    let root = root();
+    let consul = consul::ensure(&root)?;
+    let results = root.join("target/conformance");
+    let _ = std::fs::remove_dir_all(&results);
+    let mut nextest = cargo(&[
+        "nextest",
+        "run",
+        "-p",
+        "consul-ha-tests",
+        "--no-fail-fast",
+        "-E",
+        "test(/^differential::/)",
+    ]);
+    nextest.env("CONSUL_BIN", &consul).env("CONFORMANCE_RESULTS", &results);
+    let outcome = step("conformance (nextest)", nextest);
+    let read = |name: &str| std::fs::read_to_string(results.join(name)).unwrap_or_default();
+    let cases = read("cases.txt");
+    let sequences = read("differential.txt");
+    let line = format!(
+        "conformance: {}; {}",
+        cases.trim().trim_start_matches("conformance: "),
+        sequences.trim()
+    );
+    if cases.is_empty() || sequences.is_empty() {
+        return Err(format!("the suite left no summary in {} ({line})", results.display()));
+    }
+    println!("{line}");
+    outcome
 }
 
 fn cargo(args: &[&str]) -> Command {

@@ -1,0 +1,123 @@
+//! A real Consul 1.8.7 dev agent for one test: started on free loopback ports, waited for
+//! until it has a leader and has registered its own node, stopped (by its process id) and
+//! its data removed when the guard drops.
+//!
+//! The binary comes from `CONSUL_BIN` or `target/consul/usr/bin/consul`, where
+//! `cargo xtask consul` (run by `cargo xtask test` and CI) installs it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The node name every differential backend uses, so node names compare equal.
+pub(crate) const NODE: &str = "conformance";
+
+/// A running Consul dev agent.
+pub(crate) struct RealConsul {
+    child: Child,
+    /// Its HTTP address.
+    pub(crate) http: SocketAddr,
+    dir: PathBuf,
+}
+
+/// Where the reference binary is, or why there is none.
+pub(crate) fn binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("CONSUL_BIN").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/consul/usr/bin/consul");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "no Consul binary at {} and CONSUL_BIN is not set: run `cargo xtask consul` (or `cargo xtask test`)",
+            p.display()
+        ))
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    l.local_addr().expect("its address").port()
+}
+
+impl RealConsul {
+    /// Starts a dev agent named [`NODE`] and waits (≤ 30 s) until it serves reads with a
+    /// leader. Panics with the agent's log if it does not come up: a test that needs Consul
+    /// cannot go on without it.
+    pub(crate) async fn start() -> RealConsul {
+        RealConsul::start_with(&[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra agent flags.
+    pub(crate) async fn start_with(extra: &[&str]) -> RealConsul {
+        let bin = binary().unwrap_or_else(|e| panic!("{e}"));
+        let dir = std::env::temp_dir().join(format!(
+            "consul-ha-real-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temp dir for Consul");
+        let log = std::fs::File::create(dir.join("consul.log")).expect("Consul's log file");
+        let (http, serf_lan, serf_wan, server) =
+            (free_port(), free_port(), free_port(), free_port());
+        let ports = format!(
+            "ports {{ http = {http}, dns = -1, grpc = -1, serf_lan = {serf_lan}, serf_wan = {serf_wan}, server = {server} }}"
+        );
+        let child = Command::new(&bin)
+            .args(["agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-node", NODE])
+            .args(["-hcl", &ports])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut consul = RealConsul { child, http: SocketAddr::from(([127, 0, 0, 1], http)), dir };
+        consul.wait_ready().await;
+        consul
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = consul_api::Client::builder().address(self.url()).build().expect("client");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("Consul exited ({status}) before it was ready:\n{}", self.log());
+            }
+            let leader = client.status().leader().await.unwrap_or_default();
+            // Go's own test harness waits for exactly this: a leader, and the catalog index
+            // past 1 with the agent's node (and its serfHealth check) registered.
+            if !leader.is_empty()
+                && let Ok((checks, meta)) =
+                    client.health().node(NODE, &consul_api::QueryOptions::default()).await
+                && meta.last_index.0 >= 2
+                && checks.iter().any(|c| c.check_id == "serfHealth")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "Consul not ready after 30 s:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The agent's log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("consul.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RealConsul {
+    fn drop(&mut self) {
+        // `Child::kill` signals this very process id, never a name.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
