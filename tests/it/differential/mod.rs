@@ -25,7 +25,7 @@ use crate::real_consul::RealConsul;
 
 /// A behaviour where the sim follows Consul's current documentation, not 1.8.7.
 pub(crate) struct VersionDifference {
-    /// The case, and the step (its text as written) that differs.
+    /// The case, and the step (its request: method, target, body) that differs.
     pub(crate) case: &'static str,
     pub(crate) step: &'static str,
     /// What Consul 1.8.7 answers there (the step's `->` is what current Consul answers).
@@ -38,14 +38,17 @@ pub(crate) struct VersionDifference {
 /// Every place the sim may differ from Consul 1.8.7, with the documentation it follows.
 pub(crate) const VERSION_DIFFERENCES: &[VersionDifference] = &[VersionDifference {
     case: "txn-128-ops",
-    step: "PUT /v1/txn ${ops}",
+    step: "PUT /v1/txn ${txn:100}",
     consul_1_8_7: 413,
     what: "a transaction may hold 128 operations since Consul 1.14 (64 before)",
     doc: "https://developer.hashicorp.com/consul/api-docs/txn",
 }];
 
+/// The row for a step, matched on its request (method, target, body) as written.
 fn version_difference(case: &str, step: &str) -> Option<&'static VersionDifference> {
-    VERSION_DIFFERENCES.iter().find(|d| d.case == case && d.step == step)
+    let request = step.split(" -> ").next().unwrap_or(step).split_whitespace();
+    let request = request.collect::<Vec<_>>().join(" ");
+    VERSION_DIFFERENCES.iter().find(|d| d.case == case && d.step == request)
 }
 
 /// Every case of every file under `tests/conformance/`, in file order.

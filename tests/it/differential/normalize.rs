@@ -26,6 +26,7 @@ const HEADERS: &[&str] = &[
     "x-content-type-options",
     "x-consul-translate-addresses",
     "x-cache",
+    "location",
 ];
 
 /// JSON fields that hold raft indexes.

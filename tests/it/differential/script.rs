@@ -16,7 +16,8 @@
 //! [unordered]`: the body is the rest of the line after the target; `-> STATUS` is asserted on
 //! every backend, as is `in LO..HI`, the time the answer took; `=> name=/json/pointer`
 //! (or `header:Name`, or `body`) captures a value for `${name}` in later lines. `${P}` is the
-//! case's own key prefix and `${NODE}` the agent's node name. `& ` sends a request in the
+//! case's own key prefix, `${NODE}` the agent's node name and `${x*N}` N copies of `x`,
+//! `${txn:N}` a transaction of N `set` operations. `& ` sends a request in the
 //! background; `wait` collects every background answer, in the order they were sent;
 //! `sleep D` pauses; `mask NAME` hides the value of every JSON field named NAME (it varies
 //! from run to run on Consul too). `unordered` compares a JSON array's items as a multiset.
@@ -217,6 +218,26 @@ pub(crate) fn substitute(text: &str, vars: &[(String, String)]) -> Result<String
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
         let name = &after[..end];
+        // `${x*N}`: N copies of a character, for bodies too long to write out.
+        if let Some((c, n)) = name.split_once('*')
+            && let (Some(c), Ok(n)) = (c.chars().next(), n.parse::<usize>())
+        {
+            out.extend(std::iter::repeat_n(c, n));
+            rest = &after[end + 1..];
+            continue;
+        }
+        // `${txn:N}`: a transaction body of N `set` operations under the case's prefix.
+        if let Some(n) = name.strip_prefix("txn:").and_then(|n| n.parse::<usize>().ok()) {
+            let prefix = vars.iter().find(|(n, _)| n == "P").map_or("", |(_, v)| v.as_str());
+            let ops: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(r#"{{"KV":{{"Verb":"set","Key":"{prefix}/n/{i}","Value":"eA=="}}}}"#)
+                })
+                .collect();
+            out.push_str(&format!("[{}]", ops.join(",")));
+            rest = &after[end + 1..];
+            continue;
+        }
         let value = vars
             .iter()
             .rev()
