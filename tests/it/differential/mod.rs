@@ -178,3 +178,29 @@ async fn cases_agree_with_real_consul() {
     }
     assert!(report.is_empty(), "{line}\n\n{}", report.join("\n\n"));
 }
+
+#[test]
+fn every_version_difference_names_a_step_of_a_case_and_its_doc() {
+    let cases = load_cases();
+    for d in VERSION_DIFFERENCES {
+        let case = cases
+            .iter()
+            .find(|c| c.name == d.case)
+            .unwrap_or_else(|| panic!("version difference names no case: {:?}", d.case));
+        let steps = case.steps.iter().filter(|s| match s {
+            Step::Send(s) => version_difference(&case.name, &s.text).is_some(),
+            _ => false,
+        });
+        assert_eq!(steps.count(), 1, "{}: {:?} must name exactly one step", case.name, d.step);
+        assert!(
+            d.doc.starts_with("https://") && !d.what.is_empty(),
+            "{}: say what and where",
+            d.case
+        );
+        assert!(
+            !case.about.is_empty(),
+            "{}: a case with a version difference says what it shows",
+            d.case
+        );
+    }
+}

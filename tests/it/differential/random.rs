@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
 use super::backend::{Backend, clean};
 use super::normalize::{first_difference, normalize};
@@ -250,10 +250,66 @@ fn as_case(steps: &[Step]) -> String {
     out
 }
 
+/// Runs one sequence on Consul and on a fresh sim; the first difference, if any.
+fn compare(
+    rt: &tokio::runtime::Runtime,
+    consul: &Arc<Backend>,
+    prefix: &str,
+    ops: &[Op],
+) -> Result<Option<String>, TestCaseError> {
+    let steps = steps(ops);
+    let (want, got) = rt.block_on(async {
+        let want = run::run(consul, prefix, &steps).await;
+        clean(consul).await.map_err(|e| TestCaseError::fail(format!("cleaning Consul: {e}")))?;
+        let sim = Arc::new(Backend::sim_in_process());
+        let got = run::run(&sim, prefix, &steps).await;
+        Ok::<_, TestCaseError>((want, got))
+    })?;
+    if !want.failures.is_empty() {
+        return Err(TestCaseError::fail(format!("on Consul: {:?}", want.failures)));
+    }
+    let diff = first_difference(
+        &normalize(&want.transcript, &[]),
+        &normalize(&got.transcript, &[]),
+        &|_| false,
+    );
+    Ok(match diff {
+        Some(d) => Some(format!("{d}\n\n{}", as_case(&steps))),
+        None if !got.failures.is_empty() => {
+            Some(format!("on the sim: {:?}\n\n{}", got.failures, as_case(&steps)))
+        }
+        None => None,
+    })
+}
+
+/// The sequences' seed: `DIFFERENTIAL_SEED` to replay a run, else a new one each run.
+fn seed() -> u64 {
+    std::env::var("DIFFERENTIAL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    })
+}
+
+fn runner(sequences: u32, seed: u64) -> TestRunner {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    TestRunner::new_with_rng(
+        Config {
+            cases: sequences,
+            failure_persistence: None,
+            max_shrink_iters: 300,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+    )
+}
+
 #[test]
 fn random_sequences_agree_with_real_consul() {
     let sequences: u32 =
         std::env::var("DIFFERENTIAL_SEQUENCES").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let seed = seed();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -262,46 +318,40 @@ fn random_sequences_agree_with_real_consul() {
     let real = rt.block_on(RealConsul::start());
     let consul = Arc::new(Backend::consul(&real));
     rt.block_on(clean(&consul)).expect("cleaning a fresh Consul");
-    let mut runner = TestRunner::new(Config {
-        cases: sequences,
-        failure_persistence: None,
-        max_shrink_iters: 300,
-        ..Config::default()
-    });
     // Each sequence gets its own keys: a lock-delay left by one (Consul keeps it after the
     // session is gone) must not reach the next.
-    let sequence = std::sync::atomic::AtomicUsize::new(0);
-    let result = runner.run(&proptest::collection::vec(op(), 1..12), |ops| {
-        let steps = steps(&ops);
-        let prefix = format!("r{}", sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let (want, got) = rt.block_on(async {
-            let want = run::run(&consul, &prefix, &steps).await;
-            clean(&consul)
-                .await
-                .map_err(|e| TestCaseError::fail(format!("cleaning Consul: {e}")))?;
-            let sim = Arc::new(Backend::sim_in_process());
-            let got = run::run(&sim, &prefix, &steps).await;
-            Ok::<_, TestCaseError>((want, got))
-        })?;
-        prop_assert!(want.failures.is_empty(), "on Consul: {:?}", want.failures);
-        prop_assert!(got.failures.is_empty(), "on the sim: {:?}", got.failures);
-        let diff = first_difference(
-            &normalize(&want.transcript, &[]),
-            &normalize(&got.transcript, &[]),
-            &|_| false,
-        );
-        if let Some(d) = diff {
-            return Err(TestCaseError::fail(format!("{d}\n\n{}", as_case(&steps))));
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let prefix = || format!("r{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let strategy = proptest::collection::vec(op(), 1..12);
+    // First every sequence, counting divergences; then, if there were any, the same sequences
+    // again (same seed) stopping at the first divergence and shrinking it.
+    let divergences = std::sync::atomic::AtomicUsize::new(0);
+    let counted = runner(sequences, seed).run(&strategy, |ops| {
+        if compare(&rt, &consul, &prefix(), &ops)?.is_some() {
+            divergences.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     });
+    let shrunk = match (&counted, divergences.load(std::sync::atomic::Ordering::Relaxed)) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(()), 0) => None,
+        (Ok(()), _) => runner(sequences, seed)
+            .run(&strategy, |ops| match compare(&rt, &consul, &prefix(), &ops)? {
+                Some(d) => Err(TestCaseError::fail(d)),
+                None => Ok(()),
+            })
+            .err()
+            .map(|e| e.to_string()),
+    };
     drop(real);
-    let divergences = usize::from(result.is_err());
+    let d = divergences.load(std::sync::atomic::Ordering::Relaxed);
     leave_summary(
         "differential.txt",
-        &format!("differential {sequences} sequences, {divergences} divergences"),
+        &format!("differential {sequences} sequences, {d} divergences"),
     );
-    if let Err(e) = result {
-        panic!("the sim and Consul 1.8.7 diverge:\n{e}");
+    if let Some(e) = shrunk {
+        panic!(
+            "the sim and Consul 1.8.7 diverge (DIFFERENTIAL_SEED={seed} replays this run):\n{e}"
+        );
     }
 }
