@@ -7,7 +7,9 @@
 //! the same inputs always give the same outputs.
 
 mod agent;
+mod gojson;
 mod kv;
+mod operator;
 mod request;
 mod session;
 
@@ -158,6 +160,9 @@ pub(crate) struct State {
     pub(crate) checks: BTreeMap<(String, String), CheckState>,
     pub(crate) catalog_index: u64,
     pub(crate) rng: u64,
+    /// Autopilot's configuration (`/v1/operator/autopilot/configuration`).
+    #[serde(default)]
+    pub(crate) autopilot: operator::AutopilotConfig,
 }
 
 /// Maps keyed by (node, id), stored in snapshots as lists of entries: JSON object keys must
@@ -319,6 +324,9 @@ impl Consul {
         }
         if let Some(rest) = path.strip_prefix("/v1/catalog/") {
             return self.catalog_endpoint(now, m, rest, t, &req.body);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/operator/") {
+            return self.operator_endpoint(now, m, rest, t, &req.body);
         }
         if let Some(rest) = path.strip_prefix("/v1/health/") {
             expect(m, &Method::GET, path)?;
@@ -507,13 +515,16 @@ pub(crate) fn expect(actual: &Method, want: &Method, _path: &str) -> Result<(), 
     }
 }
 
-/// Decodes a JSON body, naming what is wrong.
+/// Decodes a JSON body as Consul's Go decoder does (first value; Go's error texts). `what`
+/// names the body in the log, not in the answer: Consul's answer names only the decoder error.
 pub(crate) fn json_body(body: &[u8], what: &str) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed for {what}: {e}")))
+    gojson::decode(body).map_err(|e| {
+        tracing::debug!(body = what, error = %e, "request body does not decode");
+        ApiError::bad_request(format!("Request decode failed: {e}"))
+    })
 }
 
 /// A field of a JSON object, matched case-insensitively as Consul's decoder does.
