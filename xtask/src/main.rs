@@ -8,6 +8,7 @@
 //! - `consul`: installs the reference Consul 1.8.7 into `target/consul/` and prints its path;
 //! - `conformance`: the differential conformance suite (sim in-process, sim over HTTP, real
 //!   Consul) and the randomized differential test, ending with one summary line;
+//! - `loadtest`: the sim's HTTP server and a real Consul under the same wrk load, side by side;
 //! - `bench-report`: a table of the last criterion run, each peer as a ratio ours / peer.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::process::{Command, ExitCode};
 use serde_json::Value;
 
 mod consul;
+mod loadtest;
 
 /// Each crate of ours and its layer: a crate may depend only on crates of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
@@ -44,9 +46,10 @@ fn main() -> ExitCode {
         "bench-report" => bench_report(),
         "consul" => consul::run(&root()),
         "conformance" => conformance(),
+        "loadtest" => loadtest::run(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|bench-report>"
+                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|loadtest|bench-report>"
             );
             return ExitCode::from(2);
         }
