@@ -2,6 +2,7 @@
 //! where a test claims a Consul behaviour, on a real Consul 1.8.7 too.
 
 mod cli;
+mod client;
 mod cluster;
 mod cluster_sim;
 mod conformance;

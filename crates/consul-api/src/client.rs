@@ -197,6 +197,14 @@ impl ClientBuilder {
         self
     }
 
+    /// The largest response body the client reads (default
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`](crate::http::DEFAULT_MAX_RESPONSE_BYTES)); a larger
+    /// answer is an error instead of memory.
+    pub fn max_response_bytes(mut self, n: usize) -> Self {
+        self.http.max_response_bytes = n;
+        self
+    }
+
     /// PEM file of the CA for `https://` addresses.
     pub fn ca_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.http.ca_cert = Some(path.into());
@@ -263,10 +271,16 @@ pub(crate) fn query_meta(resp: &Response) -> QueryMeta {
 
 pub(crate) fn status_error(resp: &Response) -> Error {
     let mut e = Error::status(resp.status, String::from_utf8_lossy(&resp.body).into_owned());
-    if let Some(secs) = resp.header("retry-after").and_then(|v| v.trim().parse().ok()) {
-        e = e.with_retry_after(Duration::from_secs(secs));
+    if let Some(after) = retry_after(resp) {
+        e = e.with_retry_after(after);
     }
     e
+}
+
+/// The `Retry-After` hint in seconds, if any; values of any size are accepted (callers add
+/// it to times with saturating arithmetic), an HTTP date is ignored.
+pub(crate) fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {

@@ -33,6 +33,7 @@ pub struct HttpTransport {
     scheme: Scheme,
     authority: Authority,
     request_timeout: Duration,
+    max_response_bytes: usize,
 }
 
 /// Options for [`HttpTransport`].
@@ -48,7 +49,13 @@ pub struct HttpOptions {
     pub ca_cert: Option<std::path::PathBuf>,
     /// Name to verify in Consul's certificate, if not the address's host (https only).
     pub tls_server_name: Option<String>,
+    /// The largest response body read; a larger one is an error, never held in memory.
+    pub max_response_bytes: usize,
 }
+
+/// The default cap on a response body: 256 MiB, far above any answer Consul gives for a
+/// 512 KiB-per-value store short of listing the whole of a very large one.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 impl Default for HttpOptions {
     fn default() -> Self {
@@ -58,6 +65,7 @@ impl Default for HttpOptions {
             max_idle_per_host: 32,
             ca_cert: None,
             tls_server_name: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -104,7 +112,13 @@ impl HttpTransport {
         } else {
             Pool::Plain(builder.build(connector))
         };
-        Ok(HttpTransport { pool, scheme, authority, request_timeout: options.request_timeout })
+        Ok(HttpTransport {
+            pool,
+            scheme,
+            authority,
+            request_timeout: options.request_timeout,
+            max_response_bytes: options.max_response_bytes,
+        })
     }
 
     /// The `scheme://host:port` requests go to.
@@ -213,11 +227,18 @@ impl Transport for HttpTransport {
                 }
             })?;
             let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| Error::ambiguous(format!("reading the response: {e}")).with_source(e))?
-                .to_bytes();
+            let cap = self.max_response_bytes;
+            let body = http_body_util::Limited::new(body, cap).collect().await.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Error::decode(format!(
+                        "the response to {} is over the {cap}-byte limit",
+                        req.path
+                    ))
+                } else {
+                    Error::ambiguous(format!("reading the response: {e}"))
+                }
+            })?;
+            let body = body.to_bytes();
             Ok(Response { status: parts.status, headers: parts.headers, body })
         };
         match tokio::time::timeout(timeout, exchange).await {

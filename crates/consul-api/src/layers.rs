@@ -73,12 +73,8 @@ impl<T: Transport> Retry<T> {
             Ok(resp) => {
                 let s = resp.status;
                 let transient = s.is_server_error() || s == http::StatusCode::TOO_MANY_REQUESTS;
-                (transient && req.is_idempotent()).then(|| {
-                    resp.header("retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs)
-                        .unwrap_or_default()
-                })
+                (transient && req.is_idempotent())
+                    .then(|| crate::client::retry_after(resp).unwrap_or_default())
             }
             Err(e) if e.is_connect() => Some(Duration::ZERO),
             Err(e) if e.is_retryable() && req.is_idempotent() => Some(Duration::ZERO),
@@ -98,7 +94,7 @@ impl<T: Transport> Transport for Retry<T> {
             let delay =
                 self.policy.backoff(attempt).max(hint).min(self.policy.max_backoff.max(hint));
             if attempt >= self.policy.max_attempts
-                || start.elapsed() + delay > self.policy.max_elapsed
+                || start.elapsed().saturating_add(delay) > self.policy.max_elapsed
             {
                 tracing::debug!(path = %req.path, attempt, "giving up retrying");
                 return outcome;
@@ -232,6 +228,47 @@ mod tests {
         let start = tokio::time::Instant::now();
         r.send(Request::new(Method::GET, "/v1/kv/a")).await.unwrap();
         assert!(start.elapsed() >= Duration::from_secs(3));
+    }
+
+    /// A server that takes its time before answering.
+    #[derive(Debug)]
+    struct Slow(Script, Duration);
+
+    #[async_trait]
+    impl Transport for Slow {
+        async fn send(&self, req: Request) -> Result<Response, Error> {
+            tokio::time::sleep(self.1).await;
+            self.0.send(req).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_of_any_size_gives_up_instead_of_overflowing() {
+        for hint in ["18446744073709551615", "99999999999999"] {
+            let mut busy = Response::new(StatusCode::SERVICE_UNAVAILABLE, "");
+            busy.headers.insert("retry-after", HeaderValue::from_str(hint).unwrap());
+            // A slow first answer: the time already spent plus the hint overflowed a Duration.
+            let slow = Slow(script(vec![Ok(busy), status(StatusCode::OK)]), Duration::from_secs(2));
+            let r = Retry::new(slow, RetryPolicy::default());
+            let resp = r.send(Request::new(Method::GET, "/v1/kv/a")).await.unwrap();
+            assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE, "{hint:?}");
+            assert!(crate::client::status_error(&resp).retry_after().is_some(), "{hint:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_that_is_not_seconds_is_ignored() {
+        for hint in ["-1", "soon", "", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            let mut busy = Response::new(StatusCode::SERVICE_UNAVAILABLE, "");
+            busy.headers.insert("retry-after", HeaderValue::from_str(hint).unwrap());
+            let r = Retry::new(
+                script(vec![Ok(busy.clone()), status(StatusCode::OK)]),
+                RetryPolicy::default(),
+            );
+            let resp = r.send(Request::new(Method::GET, "/v1/kv/a")).await.unwrap();
+            assert_eq!(resp.status, StatusCode::OK, "{hint:?}");
+            assert!(crate::client::status_error(&busy).retry_after().is_none(), "{hint:?}");
+        }
     }
 
     #[tokio::test]

@@ -48,6 +48,9 @@ pub mod txn;
 pub mod types;
 pub mod watch;
 
+#[cfg(test)]
+mod decode_props;
+
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use http::HttpTransport;
