@@ -4,7 +4,10 @@
 //! - `test`: the whole test suite (the README's test command);
 //! - `lint`: formatting, clippy and the tidy checks only;
 //! - `layers`: the layering check alone;
-//! - `bench-report`: a table of the last criterion run, each peer as a ratio ours / peer.
+//! - `bench-report`: a table of the last criterion run, each peer as a ratio ours / peer;
+//! - `compat`: py-consul 1.8.0's own tests against the sim and real Consul (see `compat.rs`).
+
+mod compat;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -36,8 +39,9 @@ fn main() -> ExitCode {
         "layers" => layers(),
         "tidy" => tidy(),
         "bench-report" => bench_report(),
+        "compat" => compat::run(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|lint|layers|tidy|bench-report>");
+            eprintln!("usage: cargo xtask <ci|test|lint|layers|tidy|bench-report|compat>");
             return ExitCode::from(2);
         }
     };
