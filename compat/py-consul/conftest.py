@@ -9,11 +9,12 @@ fixture names and semantics -- a fresh single-node dev agent per test -- but run
 Other settings (all set by the xtask):
 - COMPAT_AGENT_BIN   the binary to run
 - COMPAT_PORT_BASE   first port of a block of 100 this run may use
-- COMPAT_LOG_DIR     where each test's agent log goes
+- COMPAT_LOG_DIR     where each test's agent log (.log) and HTTP exchanges (.http) go
 - COMPAT_SKIPS       the skip list (tab-separated: node id or prefix, reason)
 - COMPAT_RESULTS     where to write {node id: {"outcome", "reason"}} as JSON at the end
 - COMPAT_STRICT_SKIPS=1  every skip-list entry must match a collected test (whole-suite runs)
-- COMPAT_NETNS=1     we run in a private network namespace: serve the stand-in on :8500
+- COMPAT_NETNS=1     we run in a private network namespace (`unshare --net`): bring up its
+                     loopback and serve the stand-in on :8500
 
 Upstream's agents listen on 8500 inside their container and some tests register HTTP checks
 against http://localhost:8500 (the agent's own UI, which answers 200). When we run in a private
@@ -24,14 +25,17 @@ pass as they do upstream; the agents under test listen on ports of our own block
 from __future__ import annotations
 
 import collections
+import fcntl
 import http.server
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
+import typing
 
 import pytest
 import requests
@@ -49,6 +53,19 @@ READY_TIMEOUT = 30.0
 ConsulInstance = collections.namedtuple("ConsulInstance", ["container", "port", "version"])
 
 _next_port = [PORT_BASE]
+
+
+def _loopback_up() -> None:
+    """A new network namespace starts with `lo` down; bring it up (as `ip link set lo up`)."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = fcntl.ioctl(s, siocgifflags, struct.pack("16sH22x", b"lo", 0))
+        flags = struct.unpack("16sH22x", ifreq)[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+
+
+if NETNS:
+    _loopback_up()
 
 
 def _free_port() -> int:
@@ -125,6 +142,28 @@ def _start_agent(name: str):
     return proc, log, http
 
 
+_trace: dict[str, typing.IO[str] | None] = {"file": None}
+_send = requests.Session.send
+
+
+def _traced_send(self, request, **kwargs):
+    """requests' send, also writing each exchange to the running test's .http file."""
+    response = _send(self, request, **kwargs)
+    out = _trace["file"]
+    if out is not None:
+        body = request.body.decode("utf-8", "replace") if isinstance(request.body, bytes) else request.body
+        out.write(f"> {request.method} {request.url}\n")
+        if body:
+            out.write(f"> {body}\n")
+        text = response.content[:2000].decode("utf-8", "replace")
+        out.write(f"< {response.status_code} {text}\n\n")
+        out.flush()
+    return response
+
+
+requests.Session.send = _traced_send
+
+
 class _Ok(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 -- the stdlib's name
         self.send_response(200)
@@ -170,8 +209,13 @@ def consul_instance(request):
     proc, log, port = _start_agent(request.node.name)
     try:
         version = requests.get(f"http://127.0.0.1:{port}/v1/agent/self", timeout=10).json()["Config"]["Version"]
+        # Each test's requests and answers (sync client only) go to LOG_DIR/<test>.http.
+        _trace["file"] = open(os.path.join(LOG_DIR, f"{request.node.name}.http"), "w", encoding="utf-8")  # noqa: SIM115
         yield ConsulInstance(proc, port, version.strip())
     finally:
+        if _trace["file"] is not None:
+            _trace["file"].close()
+            _trace["file"] = None
         _stop(proc)
         log.close()
 

@@ -8,7 +8,8 @@
 //! a test that Consul passes, or one listed in `compat/py-consul/newer.tsv` (tests written for
 //! newer Consul whose behaviour the docs describe).
 //!
-//! Everything downloaded or built lives under `target/compat/`. Extra arguments are handed to
+//! Everything downloaded or built lives under `target/compat/`; each test's agent log and its
+//! HTTP exchanges are in `target/compat/logs/<backend>/<test>.{log,http}`. Extra arguments are handed to
 //! pytest in place of the whole suite, e.g. `cargo xtask compat tests/api/test_kv.py`.
 
 use std::collections::BTreeMap;
@@ -215,10 +216,11 @@ fn build_sim(work: &Path) -> std::result::Result<PathBuf, String> {
     Ok(copy)
 }
 
-/// Whether we can run the suite in a private network namespace (root, `unshare`, `ip`).
+/// Whether we can run the suite in a private network namespace (root and `unshare`); our
+/// conftest.py brings its loopback up.
 fn netns_works() -> bool {
     Command::new("unshare")
-        .args(["--net", "sh", "-c", "ip link set lo up"])
+        .args(["--net", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -241,12 +243,13 @@ fn pytest(
     let results = work.join(format!("{backend}.json"));
     let log_path = work.join(format!("{backend}.log"));
     let _ = std::fs::remove_file(&results);
+    let _ = std::fs::remove_dir_all(work.join("logs").join(backend));
     let log =
         std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log2 = log.try_clone().map_err(|e| format!("{e}"))?;
     let mut cmd = if netns {
         let mut c = Command::new("unshare");
-        c.args(["--net", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"]).arg(python);
+        c.arg("--net").arg(python);
         c
     } else {
         Command::new(python)
