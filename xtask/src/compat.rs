@@ -141,9 +141,12 @@ fn venv(work: &Path, ours: &Path) -> std::result::Result<PathBuf, String> {
             // Debian's python3 ships venv's pip bootstrap separately.
             println!("compat: python3 -m venv failed; installing python3-venv with apt-get");
             let _ = std::fs::remove_dir_all(&dir);
-            if quiet(Command::new("apt-get").args(["install", "-y", "python3-venv"])).is_err() {
-                quiet(Command::new("apt-get").arg("update"))?;
-                quiet(Command::new("apt-get").args(["install", "-y", "python3-venv"]))?;
+            let apt = |args: &[&str]| {
+                quiet(Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+            };
+            if apt(&["install", "-y", "python3-venv"]).is_err() {
+                apt(&["update"])?;
+                apt(&["install", "-y", "python3-venv"])?;
             }
             make()?;
         }
