@@ -146,6 +146,16 @@ _trace: dict[str, typing.IO[str] | None] = {"file": None}
 _send = requests.Session.send
 
 
+def _one_line(content: bytes) -> str:
+    """A response body on one line, JSON re-encoded with sorted keys (diffable across backends)."""
+    text = content.decode("utf-8", "replace")
+    try:
+        text = json.dumps(json.loads(text), sort_keys=True)
+    except ValueError:
+        text = text.replace("\n", "\\n")
+    return text[:4000]
+
+
 def _traced_send(self, request, **kwargs):
     """requests' send, also writing each exchange to the running test's .http file."""
     response = _send(self, request, **kwargs)
@@ -155,8 +165,7 @@ def _traced_send(self, request, **kwargs):
         out.write(f"> {request.method} {request.url}\n")
         if body:
             out.write(f"> {body}\n")
-        text = response.content[:2000].decode("utf-8", "replace")
-        out.write(f"< {response.status_code} {text}\n\n")
+        out.write(f"< {response.status_code} {_one_line(response.content)}\n\n")
         out.flush()
     return response
 
