@@ -319,3 +319,32 @@ fn quiet(cmd: &mut Command) -> Result {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(label: &str, outcomes: &[(&str, &str)]) -> Run {
+        let results = outcomes
+            .iter()
+            .map(|(id, o)| (id.to_string(), (o.to_string(), String::new())))
+            .collect();
+        Run { label: label.to_string(), results }
+    }
+
+    #[test]
+    fn the_sim_must_pass_what_consul_passes() {
+        let consul = run("consul-1.8.7", &[("a", "passed"), ("b", "passed"), ("c", "failed")]);
+        let sim = run("sim", &[("a", "passed"), ("b", "failed"), ("c", "failed")]);
+        let err = report(&sim, &consul, &[]).unwrap_err();
+        assert!(err.contains("1 test(s)"), "{err}");
+    }
+
+    #[test]
+    fn tests_consul_fails_count_only_when_listed_as_newer() {
+        let consul = run("consul-1.8.7", &[("a", "passed"), ("c", "failed"), ("s", "skipped")]);
+        let sim = run("sim", &[("a", "passed"), ("c", "failed"), ("s", "skipped")]);
+        assert!(report(&sim, &consul, &[]).is_ok());
+        assert!(report(&sim, &consul, &["c".to_string()]).is_err());
+    }
+}
