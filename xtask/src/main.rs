@@ -8,6 +8,7 @@
 //! - `consul`: installs the reference Consul 1.8.7 into `target/consul/` and prints its path;
 //! - `conformance`: the differential conformance suite (sim in-process, sim over HTTP, real
 //!   Consul) and the randomized differential test, ending with one summary line;
+//! - `compat`: py-consul 1.8.0's own tests against the sim and real Consul (see `compat.rs`);
 //! - `loadtest`: the sim's HTTP server and a real Consul under the same wrk load, side by side;
 //! - `bench-report`: a table of the last criterion run, each peer as a ratio ours / peer.
 
@@ -16,6 +17,7 @@ use std::process::{Command, ExitCode};
 
 use serde_json::Value;
 
+mod compat;
 mod consul;
 mod loadtest;
 
@@ -46,10 +48,11 @@ fn main() -> ExitCode {
         "bench-report" => bench_report(),
         "consul" => consul::run(&root()),
         "conformance" => conformance(),
+        "compat" => compat::run(),
         "loadtest" => loadtest::run(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|loadtest|bench-report>"
+                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|compat|loadtest|bench-report>"
             );
             return ExitCode::from(2);
         }
