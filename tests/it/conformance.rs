@@ -348,3 +348,24 @@ async fn the_sim_answers_the_same_in_process_and_over_http() {
         assert_eq!(ra.header("x-consul-index"), rb.header("x-consul-index"), "{path}");
     }
 }
+
+#[tokio::test]
+async fn a_released_lock_keeps_its_value_and_a_gone_session_releases_nothing() {
+    use consul_api::lock::{Lock, LockOptions};
+    for b in backends().await {
+        let key = unique("golock");
+        let mut opts = LockOptions::new(&key);
+        opts.value = Bytes::from_static(b"node-a");
+        let guard = Lock::new(b.client.clone(), opts).acquire().await.unwrap();
+        let session = guard.session().clone();
+        guard.release().await.unwrap();
+        // Go's Unlock sends the lock's value with the release: the key keeps it.
+        let (pair, _) = b.client.kv().get(&key, &q()).await.unwrap();
+        let pair = pair.unwrap_or_else(|| panic!("{}: the lock key is gone", b.name));
+        assert_eq!(pair.value.as_deref(), Some(&b"node-a"[..]), "{}", b.name);
+        assert_eq!(pair.session, None, "{}", b.name);
+        // The lock destroyed its session; a release with it now answers false, not an error.
+        assert!(!b.client.kv().release(&key, "x", &session, 0).await.unwrap(), "{}", b.name);
+        b.client.kv().delete(&key).await.unwrap();
+    }
+}

@@ -152,3 +152,75 @@ async fn a_semaphore_admits_at_most_its_limit() {
     s2.release().await.unwrap();
     s3.release().await.unwrap();
 }
+
+/// The sessions the sim holds now.
+async fn sessions(sim: &Sim) -> Vec<consul_api::SessionId> {
+    let (list, _) = sim.client("x").session().list(&QueryOptions::default()).await.unwrap();
+    list.into_iter().map(|s| s.id).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_lock_keeps_one_renewed_session_across_wait_rounds() {
+    // Sessions reaped at 2 × TTL, as Consul does: an unrenewed 15 s session dies at 30 s.
+    let sim = Sim::new(SimConfig { ttl_grace: 2.0, ..SimConfig::default() });
+    let a = Lock::new(sim.client("a"), LockOptions::new("k")).acquire().await.unwrap();
+    let lock_b = Lock::new(sim.client("b"), LockOptions::new("k"));
+    let waiter = tokio::spawn(async move { lock_b.acquire().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = sessions(&sim).await;
+    assert_eq!(during.len(), 2, "a's session and b's");
+    // Four wait rounds of 15 s, twice the session's reaping time.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(sessions(&sim).await, during, "one session per contender, kept alive");
+    a.release().await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+    assert!(during.contains(b.session()), "b holds with the session it waited with");
+    b.release().await.unwrap();
+    assert!(sessions(&sim).await.is_empty(), "released locks destroy their sessions");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_semaphore_contender_keeps_its_session_and_its_place() {
+    let sim = Sim::new(SimConfig { ttl_grace: 2.0, ..SimConfig::default() });
+    let opts = SemaphoreOptions::new("service/one", 1);
+    let first = Semaphore::new(sim.client("1"), opts.clone()).unwrap().acquire().await.unwrap();
+    let second = Semaphore::new(sim.client("2"), opts).unwrap();
+    let waiter = tokio::spawn(async move { second.acquire().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = sessions(&sim).await;
+    assert_eq!(during.len(), 2);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(sessions(&sim).await, during, "the waiting contender's session was renewed");
+    let (keys, _) =
+        sim.client("x").kv().keys("service/one/", None, &QueryOptions::default()).await.unwrap();
+    assert_eq!(keys.len(), 3, "two contender keys and .lock: {keys:?}");
+    first.release().await.unwrap();
+    let second =
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+    assert!(during.contains(second.session()));
+    second.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_cut_off_from_consul_is_uncertain_then_held_again() {
+    use consul_api::lock::HoldState;
+    let sim = Sim::new(SimConfig { ttl_grace: 2.0, ..SimConfig::default() });
+    let mut opts = LockOptions::new("k");
+    // Twenty seconds of failed watch reads tolerated (Go's MonitorRetries × MonitorRetryTime).
+    opts.monitor_retries = 10;
+    let held = Lock::new(sim.client("a"), opts).acquire().await.unwrap();
+    assert_eq!(held.state(), HoldState::Held);
+    sim.partition("a", true);
+    // The next renewal (every TTL/2 = 7.5 s) fails: not lost yet, but no longer confirmed.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(held.state(), HoldState::Uncertain);
+    sim.partition("a", false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(held.state(), HoldState::Held, "a renewal went through again");
+    // Cut off for longer than the TTL: lost, and lost stays lost.
+    sim.partition("a", true);
+    tokio::time::timeout(Duration::from_secs(20), held.lost()).await.expect("loss is reported");
+    sim.partition("a", false);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(held.state(), HoldState::Lost);
+}

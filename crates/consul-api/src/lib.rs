@@ -36,6 +36,7 @@
 pub mod agent;
 pub mod catalog;
 mod client;
+mod contender;
 mod error;
 pub mod http;
 pub mod kv;

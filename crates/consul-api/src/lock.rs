@@ -12,7 +12,9 @@ use bytes::Bytes;
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
-use crate::session::{Behavior, SessionRequest};
+pub use crate::contender::HoldState;
+use crate::contender::{Contender, set_state};
+use crate::session::Behavior;
 use crate::types::{Index, QueryOptions, SessionId};
 use crate::{Client, Error};
 
@@ -75,10 +77,12 @@ pub struct Lock {
 pub struct LockGuard {
     client: Client,
     key: String,
+    /// The lock's value, written again on release as Go's `Unlock` does.
+    value: Bytes,
     session: SessionId,
     owns_session: bool,
     fencing_token: Index,
-    lost: signal::Receiver<bool>,
+    state: signal::Receiver<HoldState>,
     tasks: Vec<JoinHandle<()>>,
     released: bool,
 }
@@ -89,73 +93,58 @@ impl Lock {
         Lock { client, opts }
     }
 
-    /// Waits until the lock is held. Cancel by dropping the future.
+    /// Waits until the lock is held. Cancel by dropping the future. One session serves
+    /// every wait round and is renewed all along, as in Go's `Lock`.
     pub async fn acquire(&self) -> Result<LockGuard, Error> {
+        let contender = self.contender().await?;
         loop {
-            if let Some(guard) = self.try_acquire().await? {
-                return Ok(guard);
+            if let Some(token) = self.wait_for_lock(&contender.session).await? {
+                return Ok(self.hold(contender, token));
             }
         }
     }
 
-    /// Tries for up to `lock_wait_time`; `Ok(None)` if the lock stayed taken.
+    /// Tries for up to `lock_wait_time`; `Ok(None)` if the lock stayed taken (the session it
+    /// created for the try is destroyed).
     pub async fn try_acquire(&self) -> Result<Option<LockGuard>, Error> {
-        let (session, owns_session) = match &self.opts.session {
-            Some(s) => (s.clone(), false),
-            None => (self.create_session().await?, true),
-        };
-        let (lost_tx, lost_rx) = signal::channel(false);
-        let renew = owns_session.then(|| {
-            tokio::spawn(keep_alive(
-                self.client.clone(),
-                session.clone(),
-                self.opts.session_ttl,
-                lost_tx.clone(),
-            ))
-        });
-        match self.wait_for_lock(&session).await {
-            Ok(Some(token)) => {
-                let monitor = tokio::spawn(monitor_key(
-                    self.client.clone(),
-                    self.opts.key.clone(),
-                    session.clone(),
-                    self.opts.clone(),
-                    lost_tx,
-                ));
-                let mut tasks = vec![monitor];
-                tasks.extend(renew);
-                Ok(Some(LockGuard {
-                    client: self.client.clone(),
-                    key: self.opts.key.clone(),
-                    session,
-                    owns_session,
-                    fencing_token: token,
-                    lost: lost_rx,
-                    tasks,
-                    released: false,
-                }))
-            }
-            other => {
-                if let Some(r) = renew {
-                    r.abort();
-                }
-                if owns_session {
-                    let _ = self.client.session().destroy(&session).await;
-                }
-                other.map(|_| None)
-            }
-        }
+        let contender = self.contender().await?;
+        Ok(self.wait_for_lock(&contender.session).await?.map(|token| self.hold(contender, token)))
     }
 
-    async fn create_session(&self) -> Result<SessionId, Error> {
-        let req = SessionRequest {
-            name: self.opts.session_name.clone(),
-            ttl: Some(self.opts.session_ttl),
-            lock_delay: self.opts.lock_delay,
-            behavior: Behavior::Release,
-            ..Default::default()
-        };
-        self.client.session().create(&req).await
+    async fn contender(&self) -> Result<Contender, Error> {
+        let request = Contender::request(
+            &self.opts.session_name,
+            self.opts.session_ttl,
+            self.opts.lock_delay,
+            Behavior::Release,
+        );
+        Contender::start(&self.client, self.opts.session.clone(), request).await
+    }
+
+    /// The lock is ours: start watching the key, and hand the session to the guard.
+    fn hold(&self, contender: Contender, token: Index) -> LockGuard {
+        let (session, owns_session, state, renew) = contender.into_parts();
+        let rx = state.subscribe();
+        let monitor = tokio::spawn(monitor_key(
+            self.client.clone(),
+            self.opts.key.clone(),
+            session.clone(),
+            self.opts.clone(),
+            state,
+        ));
+        let mut tasks = vec![monitor];
+        tasks.extend(renew);
+        LockGuard {
+            client: self.client.clone(),
+            key: self.opts.key.clone(),
+            value: self.opts.value.clone(),
+            session,
+            owns_session,
+            fencing_token: token,
+            state: rx,
+            tasks,
+            released: false,
+        }
     }
 
     /// One round of Go's acquisition loop, bounded by `lock_wait_time`: the fencing token
@@ -221,15 +210,22 @@ impl LockGuard {
         &self.session
     }
 
-    /// True once the lock is known to be lost.
-    pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+    /// What is known of the lock now: held, uncertain (Consul has not answered lately) or
+    /// lost.
+    pub fn state(&self) -> HoldState {
+        *self.state.borrow()
     }
 
-    /// Resolves when the lock is lost (session not renewed, or the key changed hands).
+    /// True once the lock is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.state() == HoldState::Lost
+    }
+
+    /// Resolves when the lock is lost (session gone or not renewed for a TTL, or the key
+    /// changed hands, or `monitor_retries` watch reads failed in a row).
     pub async fn lost(&self) {
-        let mut rx = self.lost.clone();
-        let _ = rx.wait_for(|lost| *lost).await;
+        let mut rx = self.state.clone();
+        let _ = rx.wait_for(|s| *s == HoldState::Lost).await;
     }
 
     /// Releases the lock, then destroys the session if the lock created it (Go's `Unlock`).
@@ -239,7 +235,7 @@ impl LockGuard {
         for t in &self.tasks {
             t.abort();
         }
-        release(&self.client, &self.key, &self.session, self.owns_session).await
+        release(&self.client, &self.key, &self.value, &self.session, self.owns_session).await
     }
 }
 
@@ -251,10 +247,15 @@ impl Drop for LockGuard {
         if !self.released
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            let (client, key, session, owns) =
-                (self.client.clone(), self.key.clone(), self.session.clone(), self.owns_session);
+            let (client, key, value, session, owns) = (
+                self.client.clone(),
+                self.key.clone(),
+                self.value.clone(),
+                self.session.clone(),
+                self.owns_session,
+            );
             rt.spawn(async move {
-                if let Err(e) = release(&client, &key, &session, owns).await {
+                if let Err(e) = release(&client, &key, &value, &session, owns).await {
                     tracing::warn!(%key, error = %e, "releasing a dropped lock failed");
                 }
             });
@@ -262,56 +263,31 @@ impl Drop for LockGuard {
     }
 }
 
-async fn release(client: &Client, key: &str, session: &SessionId, owns: bool) -> Result<(), Error> {
-    let released = client.kv().release(key, Bytes::new(), session, LOCK_FLAG_VALUE).await;
+/// Go's `Unlock`: release with the lock's own value (so the key keeps it), then destroy the
+/// session if the lock created it. A session that is already gone answers `false`: fine.
+async fn release(
+    client: &Client,
+    key: &str,
+    value: &Bytes,
+    session: &SessionId,
+    owns: bool,
+) -> Result<(), Error> {
+    let released = client.kv().release(key, value.clone(), session, LOCK_FLAG_VALUE).await;
     if owns {
         client.session().destroy(session).await?;
     }
     released.map(|_| ())
 }
 
-/// Renews `session` every `ttl / 2`; signals loss when Consul says the session is gone or
-/// no renewal succeeded for a whole TTL.
-pub(crate) async fn keep_alive(
-    client: Client,
-    session: SessionId,
-    ttl: Duration,
-    lost: signal::Sender<bool>,
-) {
-    let mut last_ok = tokio::time::Instant::now();
-    let mut delay = ttl / 2;
-    loop {
-        tokio::time::sleep(delay).await;
-        match client.session().renew(&session).await {
-            Ok(Some(_)) => {
-                last_ok = tokio::time::Instant::now();
-                delay = ttl / 2;
-            }
-            Ok(None) => {
-                tracing::warn!(%session, "session is gone; lock lost");
-                let _ = lost.send(true);
-                return;
-            }
-            Err(e) => {
-                if last_ok.elapsed() >= ttl {
-                    tracing::warn!(%session, error = %e, "no renewal within the TTL; lock lost");
-                    let _ = lost.send(true);
-                    return;
-                }
-                delay = Duration::from_secs(1).min(ttl / 4);
-            }
-        }
-    }
-}
-
-/// Watches the key with consistent blocking reads; signals loss when it is gone or held by
-/// another session, or after `monitor_retries` failed reads in a row.
+/// Watches the key with consistent blocking reads; the lock is lost when the key is gone or
+/// held by another session, uncertain while reads fail, and lost after `monitor_retries`
+/// failed reads in a row (Go's `MonitorRetries`).
 async fn monitor_key(
     client: Client,
     key: String,
     session: SessionId,
     opts: LockOptions,
-    lost: signal::Sender<bool>,
+    state: signal::Sender<HoldState>,
 ) {
     let mut index = Index(0);
     let mut failures = 0;
@@ -319,11 +295,14 @@ async fn monitor_key(
         let q = QueryOptions::blocking(index, Duration::from_secs(300)).consistent();
         match client.kv().get(&key, &q).await {
             Ok((pair, meta)) => {
-                failures = 0;
                 if pair.and_then(|p| p.session).as_ref() != Some(&session) {
                     tracing::warn!(%key, "lock key changed hands; lock lost");
-                    let _ = lost.send(true);
+                    set_state(&state, HoldState::Lost);
                     return;
+                }
+                if failures > 0 {
+                    failures = 0;
+                    set_state(&state, HoldState::Held);
                 }
                 index =
                     crate::watch::next_index(index, meta.last_index).unwrap_or(index).max(Index(1));
@@ -332,9 +311,10 @@ async fn monitor_key(
                 failures += 1;
                 if failures > opts.monitor_retries {
                     tracing::warn!(%key, error = %e, "cannot watch the lock key; lock lost");
-                    let _ = lost.send(true);
+                    set_state(&state, HoldState::Lost);
                     return;
                 }
+                set_state(&state, HoldState::Uncertain);
                 tokio::time::sleep(opts.monitor_retry_time).await;
             }
         }

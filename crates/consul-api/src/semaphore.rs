@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch as signal;
 use tokio::task::JoinHandle;
 
+pub use crate::contender::HoldState;
+use crate::contender::{Contender, set_state};
 use crate::kv::{KvPair, PutOptions};
-use crate::lock::keep_alive;
-use crate::session::{Behavior, SessionRequest};
+use crate::session::Behavior;
 use crate::types::{Index, QueryOptions, SessionId};
 use crate::{Client, Error};
 
@@ -80,7 +81,7 @@ pub struct SemaphorePermit {
     client: Client,
     prefix: String,
     session: SessionId,
-    lost: signal::Receiver<bool>,
+    state: signal::Receiver<HoldState>,
     tasks: Vec<JoinHandle<()>>,
     released: bool,
 }
@@ -104,75 +105,65 @@ impl Semaphore {
         format!("{}/{SEMAPHORE_LOCK_KEY}", self.opts.prefix)
     }
 
-    /// Waits until a slot is held. Cancel by dropping the future.
+    /// Waits until a slot is held. Cancel by dropping the future. One session and one
+    /// contender key serve every wait round; the session is renewed while it waits.
     pub async fn acquire(&self) -> Result<SemaphorePermit, Error> {
+        let contender = self.contend().await?;
         loop {
-            if let Some(p) = self.try_acquire().await? {
-                return Ok(p);
+            if self.wait_for_slot(&contender.session).await? {
+                return Ok(self.hold(contender));
             }
         }
     }
 
-    /// Tries for up to `wait_time`; `Ok(None)` if every slot stayed taken.
+    /// Tries for up to `wait_time`; `Ok(None)` if every slot stayed taken (the session is
+    /// destroyed, which deletes the contender key).
     pub async fn try_acquire(&self) -> Result<Option<SemaphorePermit>, Error> {
-        let session = self
-            .client
-            .session()
-            .create(&SessionRequest {
-                name: self.opts.session_name.clone(),
-                ttl: Some(self.opts.session_ttl),
-                behavior: Behavior::Delete,
-                ..Default::default()
-            })
-            .await?;
-        let contender = format!("{}/{}", self.opts.prefix, session);
-        let acquired = self
-            .client
-            .kv()
-            .put_with(
-                &contender,
-                self.opts.value.clone(),
-                &PutOptions {
-                    acquire: Some(session.clone()),
-                    flags: Some(SEMAPHORE_FLAG_VALUE),
-                    ..Default::default()
-                },
-            )
-            .await;
-        if !matches!(acquired, Ok(true)) {
-            let _ = self.client.session().destroy(&session).await;
-            return acquired
-                .and(Err(Error::aborted(format!("could not claim contender key {contender:?}"))));
+        let contender = self.contend().await?;
+        Ok(self.wait_for_slot(&contender.session).await?.then(|| self.hold(contender)))
+    }
+
+    /// A renewed session and the contender key `<prefix>/<session>` held with it.
+    async fn contend(&self) -> Result<Contender, Error> {
+        let request = Contender::request(
+            &self.opts.session_name,
+            self.opts.session_ttl,
+            None,
+            Behavior::Delete,
+        );
+        let contender = Contender::start(&self.client, None, request).await?;
+        let key = format!("{}/{}", self.opts.prefix, contender.session);
+        let opts = PutOptions {
+            acquire: Some(contender.session.clone()),
+            flags: Some(SEMAPHORE_FLAG_VALUE),
+            ..Default::default()
+        };
+        match self.client.kv().put_with(&key, self.opts.value.clone(), &opts).await {
+            Ok(true) => Ok(contender),
+            Ok(false) => Err(Error::aborted(format!("could not claim contender key {key:?}"))),
+            Err(e) => Err(e),
         }
-        match self.wait_for_slot(&session).await {
-            Ok(true) => {
-                let (lost_tx, lost_rx) = signal::channel(false);
-                let renew = tokio::spawn(keep_alive(
-                    self.client.clone(),
-                    session.clone(),
-                    self.opts.session_ttl,
-                    lost_tx.clone(),
-                ));
-                let monitor = tokio::spawn(monitor_holders(
-                    self.client.clone(),
-                    self.lock_key(),
-                    session.clone(),
-                    lost_tx,
-                ));
-                Ok(Some(SemaphorePermit {
-                    client: self.client.clone(),
-                    prefix: self.opts.prefix.clone(),
-                    session,
-                    lost: lost_rx,
-                    tasks: vec![renew, monitor],
-                    released: false,
-                }))
-            }
-            other => {
-                // Destroying the session deletes the contender key (behavior delete).
-                let _ = self.client.session().destroy(&session).await;
-                other.map(|_| None)
-            }
+    }
+
+    /// The slot is ours: watch `.lock` and hand the session to the permit.
+    fn hold(&self, contender: Contender) -> SemaphorePermit {
+        let (session, _, state, renew) = contender.into_parts();
+        let rx = state.subscribe();
+        let monitor = tokio::spawn(monitor_holders(
+            self.client.clone(),
+            self.lock_key(),
+            session.clone(),
+            state,
+        ));
+        let mut tasks = vec![monitor];
+        tasks.extend(renew);
+        SemaphorePermit {
+            client: self.client.clone(),
+            prefix: self.opts.prefix.clone(),
+            session,
+            state: rx,
+            tasks,
+            released: false,
         }
     }
 
@@ -250,15 +241,21 @@ impl SemaphorePermit {
         &self.session
     }
 
+    /// What is known of the slot now: held, uncertain (Consul has not answered lately) or
+    /// lost.
+    pub fn state(&self) -> HoldState {
+        *self.state.borrow()
+    }
+
     /// True once the slot is known to be lost.
     pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        self.state() == HoldState::Lost
     }
 
     /// Resolves when the slot is lost.
     pub async fn lost(&self) {
-        let mut rx = self.lost.clone();
-        let _ = rx.wait_for(|lost| *lost).await;
+        let mut rx = self.state.clone();
+        let _ = rx.wait_for(|s| *s == HoldState::Lost).await;
     }
 
     /// Gives the slot back: removes this holder from `.lock` by CAS, then destroys the
@@ -313,13 +310,17 @@ impl Drop for SemaphorePermit {
     }
 }
 
+/// Watches `.lock`: the slot is lost when this holder is no longer listed; failed reads make
+/// it uncertain, and lost after three in a row (Go gives up on the first).
 async fn monitor_holders(
     client: Client,
     key: String,
     session: SessionId,
-    lost: signal::Sender<bool>,
+    state: signal::Sender<HoldState>,
 ) {
+    const RETRIES: u32 = 3;
     let mut index = Index(0);
+    let mut failures = 0;
     loop {
         let q = QueryOptions::blocking(index, Duration::from_secs(300)).consistent();
         match client.kv().get(&key, &q).await {
@@ -328,15 +329,25 @@ async fn monitor_holders(
                     .and_then(|p| serde_json::from_slice::<SemaphoreLock>(p.value.as_deref()?).ok())
                     .is_some_and(|d| d.holders.contains_key(session.as_str()));
                 if !holds {
-                    let _ = lost.send(true);
+                    set_state(&state, HoldState::Lost);
                     return;
+                }
+                if failures > 0 {
+                    failures = 0;
+                    set_state(&state, HoldState::Held);
                 }
                 index =
                     crate::watch::next_index(index, meta.last_index).unwrap_or(index).max(Index(1));
             }
-            Err(_) => {
-                let _ = lost.send(true);
-                return;
+            Err(e) => {
+                failures += 1;
+                if failures > RETRIES {
+                    tracing::warn!(%key, error = %e, "cannot watch the semaphore; slot lost");
+                    set_state(&state, HoldState::Lost);
+                    return;
+                }
+                set_state(&state, HoldState::Uncertain);
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
     }
