@@ -122,7 +122,7 @@ fn go_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if d.is_zero() {
         "0s".into()
-    } else if ms % 1000 != 0 {
+    } else if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else {
         let s = ms / 1000;
