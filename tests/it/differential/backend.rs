@@ -52,7 +52,7 @@ pub(crate) fn sim_config() -> SimConfig {
 /// One backend, ready to take requests.
 pub(crate) enum Backend {
     InProcess(Sim),
-    Http { client: Client<HttpConnector, Full<Bytes>>, base: String, _server: Option<Server> },
+    Http { client: Box<HttpClient>, base: String, _server: Option<Server> },
 }
 
 impl Backend {
@@ -120,8 +120,10 @@ impl Backend {
     }
 }
 
-fn http_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn http_client() -> Box<HttpClient> {
+    Box::new(Client::builder(TokioExecutor::new()).build_http())
 }
 
 /// Puts a long-lived Consul back into a fresh agent's state between cases: no keys, no

@@ -206,7 +206,11 @@ fn compact(v: &Value) -> String {
         m.remove("step");
     }
     let s = v.to_string();
-    if s.len() > 1500 { format!("{}…", &s[..s.floor_char_boundary(1500)]) } else { s }
+    if s.chars().count() > 1500 {
+        format!("{}…", s.chars().take(1500).collect::<String>())
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]
