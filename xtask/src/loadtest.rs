@@ -270,22 +270,38 @@ impl Conn {
         let mut line = String::new();
         self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
         let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
-        let mut length = 0usize;
+        let (mut length, mut chunked) = (0usize, false);
         loop {
             line.clear();
             self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
             if line == "\r\n" || line.is_empty() {
                 break;
             }
-            if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.trim().eq_ignore_ascii_case("chunked");
+                }
             }
         }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).map_err(|e| e.to_string())?;
-        Ok(status)
+        if !chunked {
+            let mut body = vec![0; length];
+            self.reader.read_exact(&mut body).map_err(|e| e.to_string())?;
+            return Ok(status);
+        }
+        // Go sends larger bodies chunked: `<hex size>\r\n<bytes>\r\n`, ended by a 0 chunk.
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
+            let size = usize::from_str_radix(line.trim(), 16)
+                .map_err(|_| format!("bad chunk size {line:?}"))?;
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).map_err(|e| e.to_string())?;
+            if size == 0 {
+                return Ok(status);
+            }
+        }
     }
 }
 
