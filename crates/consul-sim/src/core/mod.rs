@@ -7,9 +7,12 @@
 //! the same inputs always give the same outputs.
 
 mod agent;
+mod blocking;
+mod json;
 mod kv;
 mod request;
 mod session;
+mod txn;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use request::{SimRequest, Target};
+
+use blocking::blocking_params;
+pub(crate) use json::{
+    duration_field, field, json_body, map_field, str_field, strings_field, to_map,
+};
 
 pub(crate) use agent::{CheckKind, CheckState, ServiceState};
 pub(crate) use kv::KvEntry;
@@ -342,17 +350,6 @@ impl Consul {
         format!("{}:8300", self.config.node_address)
     }
 
-    /// Parks a blocking read until the index moves or `wait` (plus up to wait/16 of
-    /// jitter, as Consul adds) passes.
-    fn park(&mut self, now: SimTime, wait: Duration) -> Outcome {
-        let jitter = if wait.is_zero() {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(self.random() % (wait.as_nanos() as u64 / 16 + 1))
-        };
-        Outcome::Blocked { index: self.index(), deadline: now.after(wait + jitter) }
-    }
-
     /// Runs every timer due by `now`: session TTLs, check TTLs, lock-delays, reaping.
     pub fn advance(&mut self, now: SimTime) {
         self.expire_sessions(now);
@@ -429,22 +426,6 @@ impl Consul {
     }
 }
 
-/// `?index` and `?wait` of a blocking read: `None` when the query does not block.
-fn blocking_params(t: &Target) -> Result<Option<(u64, Duration)>, String> {
-    let Some(index) = t.param("index") else { return Ok(None) };
-    let index: u64 =
-        index.parse().map_err(|_| format!("Invalid index {index:?}: not a whole number"))?;
-    let wait = match t.param("wait") {
-        None | Some("") => Duration::from_secs(300),
-        Some(w) => consul_api::types::parse_duration(w)
-            .ok_or_else(|| format!("Invalid wait time {w:?}"))?,
-    };
-    if index == 0 {
-        return Ok(None);
-    }
-    Ok(Some((index, wait.min(Duration::from_secs(600)))))
-}
-
 /// What an endpoint produced: a read (blockable, carries an index) or a write.
 pub(crate) enum Reply {
     Read { index: u64, response: SimResponse },
@@ -505,81 +486,4 @@ pub(crate) fn expect(actual: &Method, want: &Method, _path: &str) -> Result<(), 
     } else {
         Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed")))
     }
-}
-
-/// Decodes a JSON body, naming what is wrong.
-pub(crate) fn json_body(body: &[u8], what: &str) -> Result<Value, ApiError> {
-    if body.is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed for {what}: {e}")))
-}
-
-/// A field of a JSON object, matched case-insensitively as Consul's decoder does.
-pub(crate) fn field<'v>(obj: &'v Value, name: &str) -> Option<&'v Value> {
-    obj.as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_null())
-}
-
-pub(crate) fn str_field(obj: &Value, name: &str) -> Result<Option<String>, ApiError> {
-    match field(obj, name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(ApiError::bad_request(format!("{name} must be a string, got {other}"))),
-    }
-}
-
-/// A duration field: a Go string (`"10s"`) or integer nanoseconds.
-pub(crate) fn duration_field(obj: &Value, name: &str) -> Result<Option<Duration>, ApiError> {
-    match field(obj, name) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => consul_api::types::parse_duration(s)
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("{name}: invalid duration {s:?}"))),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(|n| Some(Duration::from_nanos(n)))
-            .ok_or_else(|| ApiError::bad_request(format!("{name}: invalid duration {n}"))),
-        Some(other) => Err(ApiError::bad_request(format!("{name}: invalid duration {other}"))),
-    }
-}
-
-/// Maps of string to string, as JSON (`Meta`).
-pub(crate) fn map_field(obj: &Value, name: &str) -> Result<BTreeMap<String, String>, ApiError> {
-    match field(obj, name) {
-        None => Ok(BTreeMap::new()),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(ApiError::bad_request(format!("{name}.{k} must be a string"))),
-            })
-            .collect(),
-        Some(_) => Err(ApiError::bad_request(format!("{name} must be an object"))),
-    }
-}
-
-/// A list of strings (`Tags`).
-pub(crate) fn strings_field(obj: &Value, name: &str) -> Result<Vec<String>, ApiError> {
-    match field(obj, name) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ApiError::bad_request(format!("{name} must hold strings")))
-            })
-            .collect(),
-        Some(_) => Err(ApiError::bad_request(format!("{name} must be a list"))),
-    }
-}
-
-pub(crate) fn to_map(m: &BTreeMap<String, String>) -> Value {
-    Value::Object(m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
 }
