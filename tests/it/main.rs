@@ -8,6 +8,8 @@ mod locks;
 mod rs_consul;
 mod shards;
 mod sim_agent;
+mod sim_blocking;
+mod sim_kv_txn;
 mod sim_model;
 mod sim_wire;
 mod support;

@@ -4,20 +4,32 @@ use std::time::Duration;
 
 use super::{Consul, Outcome, SimTime, Target};
 
+/// Consul's default wait, also used for `wait=0s`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Consul's longest wait.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
 /// `?index` and `?wait` of a blocking read: `None` when the query does not block.
+///
+/// As Consul's `parseWait`: `wait` is checked even without `index` (400 "Invalid wait
+/// time"), an `index` that is not a whole number is 400 "Invalid index", empty values count
+/// as absent, `index=0` does not block, and a zero wait means the default 5 minutes.
 pub(crate) fn blocking_params(t: &Target) -> Result<Option<(u64, Duration)>, String> {
-    let Some(index) = t.param("index") else { return Ok(None) };
-    let index: u64 =
-        index.parse().map_err(|_| format!("Invalid index {index:?}: not a whole number"))?;
     let wait = match t.param("wait") {
-        None | Some("") => Duration::from_secs(300),
-        Some(w) => consul_api::types::parse_duration(w)
-            .ok_or_else(|| format!("Invalid wait time {w:?}"))?,
+        None | Some("") => DEFAULT_WAIT,
+        Some(w) => {
+            let w = consul_api::types::parse_duration(w).ok_or("Invalid wait time")?;
+            if w.is_zero() { DEFAULT_WAIT } else { w.min(MAX_WAIT) }
+        }
+    };
+    let index = match t.param("index") {
+        None | Some("") => return Ok(None),
+        Some(i) => i.parse::<u64>().map_err(|_| "Invalid index")?,
     };
     if index == 0 {
         return Ok(None);
     }
-    Ok(Some((index, wait.min(Duration::from_secs(600)))))
+    Ok(Some((index, wait)))
 }
 
 impl Consul {

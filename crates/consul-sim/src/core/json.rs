@@ -83,3 +83,15 @@ pub(crate) fn strings_field(obj: &Value, name: &str) -> Result<Vec<String>, ApiE
 pub(crate) fn to_map(m: &BTreeMap<String, String>) -> Value {
     Value::Object(m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
 }
+
+/// JSON kinds as Go's decoder names them in its errors (`cannot unmarshal number into …`).
+pub(crate) fn go_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}

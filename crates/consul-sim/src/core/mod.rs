@@ -26,7 +26,7 @@ pub use request::{SimRequest, Target};
 
 use blocking::blocking_params;
 pub(crate) use json::{
-    duration_field, field, json_body, map_field, str_field, strings_field, to_map,
+    duration_field, field, go_kind, json_body, map_field, str_field, strings_field, to_map,
 };
 
 pub(crate) use agent::{CheckKind, CheckState, ServiceState};
@@ -106,14 +106,17 @@ pub struct SimConfig {
     pub node_address: String,
     /// The datacenter.
     pub datacenter: String,
-    /// Sessions are invalidated `ttl × ttl_grace` after their last renewal. Consul promises
-    /// only "up to 2×TTL"; 1.0 is the fastest, 2.0 the worst case. Clamped to [1, 2].
+    /// Sessions are invalidated `ttl × ttl_grace` after their last renewal. Consul 1.8.7
+    /// reaps at 2×TTL (its `SessionTTLMultiplier`; measured: a TTL-10s session's lock was
+    /// released 20.0 s after the last renew), so 2.0 is the default; tests that want the
+    /// fast path set 1.0. Clamped to [1, 2].
     pub ttl_grace: f64,
     /// Largest KV value (Consul's default: 512 KiB).
     pub max_value_size: usize,
     /// Most operations in one transaction.
     pub max_txn_ops: usize,
-    /// Seed of the random numbers (session ids, blocking jitter): same seed, same run.
+    /// Seed of the random numbers (session ids, blocking jitter): same seed, same run. A
+    /// long-lived agent should seed from OS randomness so ids differ between runs.
     pub seed: u64,
     /// Shortest session TTL accepted (Consul's agent option `session_ttl_min`, default 10 s).
     /// Lower it for real-time tests that must fail over in a few seconds.
@@ -126,7 +129,7 @@ impl Default for SimConfig {
             node_name: "sim-node".into(),
             node_address: "127.0.0.1".into(),
             datacenter: "dc1".into(),
-            ttl_grace: 1.0,
+            ttl_grace: 2.0,
             max_value_size: 512 * 1024,
             max_txn_ops: 128,
             seed: 0x5eed,
@@ -196,6 +199,8 @@ pub struct Consul {
     pub(crate) state: State,
     /// Fault: no raft leader; every request but `/v1/status/*` fails with 500.
     pub(crate) leader_lost: bool,
+    /// The undo log of the transaction being applied, if any.
+    pub(crate) txn: Option<txn::UndoLog>,
 }
 
 impl Consul {
@@ -205,6 +210,7 @@ impl Consul {
             state: State { rng: config.seed | 1, ..Default::default() },
             config,
             leader_lost: false,
+            txn: None,
         };
         let node = c.config.node_name.clone();
         let address = c.config.node_address.clone();
@@ -238,6 +244,12 @@ impl Consul {
         self.state.index
     }
 
+    /// Mixes `seed` into the random generator (session ids, jitter). An agent seeded from
+    /// OS randomness calls it after restoring a snapshot, so ids never repeat across runs.
+    pub fn reseed(&mut self, seed: u64) {
+        self.state.rng = (self.state.rng ^ seed.rotate_left(17)) | 1;
+    }
+
     /// A pseudo-random number (xorshift64*), seeded by the config.
     pub(crate) fn random(&mut self) -> u64 {
         let mut x = self.state.rng;
@@ -248,15 +260,17 @@ impl Consul {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// A UUID-shaped id from the seeded generator.
+    /// A session id from the seeded generator: 128 random bits written as a UUID, as
+    /// Consul's `go-uuid` does (no version or variant bits: real ids look like
+    /// `78898041-3fe5-6ea5-d217-b43f4fe01ba6`).
     pub(crate) fn uuid(&mut self) -> String {
         let (a, b) = (self.random(), self.random());
         format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
             a >> 32,
             (a >> 16) & 0xffff,
-            a & 0x0fff,
-            (b >> 48) & 0x3fff | 0x8000,
+            a & 0xffff,
+            b >> 48,
             b & 0xffff_ffff_ffff
         )
     }
@@ -286,7 +300,9 @@ impl Consul {
             // A read that found nothing (404 with an index) blocks like any other read:
             // Consul wakes it when the key appears.
             Err(e) => match (e.index, wait) {
-                (Some(index), Some((min_index, wait))) if block && index <= min_index => {
+                (Some(index), Some((min_index, wait)))
+                    if block && e.status == StatusCode::NOT_FOUND && index <= min_index =>
+                {
                     return self.park(now, wait);
                 }
                 _ => return Outcome::Done(e.into_response()),
@@ -310,14 +326,14 @@ impl Consul {
         let path = t.path.as_str();
         let m = &req.method;
         if let Some(key) = path.strip_prefix("/v1/kv/") {
-            return self.kv_endpoint(now, m, key, t, &req.body);
+            return self.kv_endpoint(now, m, key, t, req);
         }
         if path == "/v1/kv" {
             return Err(ApiError::bad_request("Missing key name"));
         }
         if path == "/v1/txn" {
             expect(m, &Method::PUT, path)?;
-            return self.txn_endpoint(now, t, &req.body);
+            return self.txn_endpoint(now, &req.body);
         }
         if let Some(rest) = path.strip_prefix("/v1/session/") {
             return self.session_endpoint(now, m, rest, t, &req.body);
@@ -456,11 +472,13 @@ pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     index: Option<u64>,
+    /// `X-Consul-KnownLeader` for errors that carry query metadata.
+    known_leader: bool,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), index: None }
+        ApiError { status, message: message.into(), index: None, known_leader: true }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
@@ -468,13 +486,31 @@ impl ApiError {
     }
 
     pub(crate) fn not_found_at(index: u64) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, message: String::new(), index: Some(index) }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: String::new(),
+            index: Some(index),
+            known_leader: true,
+        }
+    }
+
+    /// The same error with the query metadata Consul sends when a read's RPC failed before
+    /// it ran: `X-Consul-Index: 1`, `X-Consul-KnownLeader: false`.
+    pub(crate) fn with_failed_read_meta(mut self) -> ApiError {
+        self.index = Some(1);
+        self.known_leader = false;
+        self
     }
 
     fn into_response(self) -> SimResponse {
-        let resp = SimResponse::text(self.status, self.message);
+        // Go's net/http sets no Content-Type on an empty body (a 404 for a missing key).
+        let resp = if self.message.is_empty() {
+            SimResponse { status: self.status, headers: Vec::new(), body: Bytes::new() }
+        } else {
+            SimResponse::text(self.status, self.message)
+        };
         match self.index {
-            Some(i) => resp.with_index(i, true),
+            Some(i) => resp.with_index(i, self.known_leader),
             None => resp,
         }
     }

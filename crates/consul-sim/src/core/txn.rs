@@ -1,4 +1,15 @@
 //! `/v1/txn`: all-or-nothing transactions of KV operations.
+//!
+//! As in Consul 1.8.7: a transaction whose operations are all reads (`get`, `get-tree`,
+//! `check-*`, or unknown verbs) takes the read path and answers with the query metadata
+//! (`Index`, `LastContact`, `KnownLeader`, `ConsistencyLevel`); any write makes it a write
+//! transaction, applied as one raft entry, so every key it writes gets the same index.
+//! Checks done before applying (an empty key, a lock in lock-delay) fail the transaction
+//! alone; otherwise every operation runs and every failure is reported, then the whole
+//! transaction is rolled back from an undo log: the cost is that of its operations, never
+//! that of the store.
+
+use std::collections::HashSet;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -6,23 +17,94 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::kv::{Write, entry_json};
-use super::{ApiError, Consul, Reply, SimResponse, SimTime, Target, field, json_body, str_field};
+use super::kv::{KvEntry, Write, entry_json};
+use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind};
+
+/// Consul's `txn_max_req_len` default: the largest transaction body.
+const MAX_TXN_BODY: usize = 512 * 1024;
+
+/// The verbs that make a transaction a write (Consul's `isWrite`).
+const WRITE_VERBS: [&str; 7] =
+    ["set", "cas", "lock", "unlock", "delete", "delete-cas", "delete-tree"];
+
+/// What a write transaction changed, to undo it: each key's entry and tombstone as they
+/// were before the transaction first touched it, and the indexes.
+#[derive(Clone, Debug)]
+pub(crate) struct UndoLog {
+    /// The index every write of the transaction gets, once the first write takes it.
+    index: Option<u64>,
+    saved_index: u64,
+    saved_kv_index: u64,
+    touched: HashSet<String>,
+    before: Vec<(String, Option<KvEntry>, Option<u64>)>,
+}
 
 impl Consul {
-    pub(crate) fn txn_endpoint(
-        &mut self,
-        now: SimTime,
-        t: &Target,
-        body: &Bytes,
-    ) -> Result<Reply, ApiError> {
-        let _ = t;
-        let ops = json_body(body, "transaction")?;
-        let Some(ops) = ops.as_array() else {
-            return Err(ApiError::bad_request(
-                "Failed to parse body: a transaction is a JSON list of operations",
+    /// The index for a KV write: a fresh one, or the transaction's single index.
+    pub(crate) fn write_index(&mut self) -> u64 {
+        if let Some(index) = self.txn.as_ref().and_then(|t| t.index) {
+            return index;
+        }
+        let index = self.bump();
+        if let Some(t) = self.txn.as_mut() {
+            t.index = Some(index);
+        }
+        index
+    }
+
+    /// Records `key` as it is now, before a write inside a transaction changes it.
+    pub(crate) fn remember(&mut self, key: &str) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if t.touched.insert(key.to_string()) {
+            let entry = self.state.kv.get(key).cloned();
+            let tomb = self.state.tombstones.get(key).copied();
+            t.before.push((key.to_string(), entry, tomb));
+        }
+    }
+
+    fn begin_txn(&mut self) {
+        self.txn = Some(UndoLog {
+            index: None,
+            saved_index: self.state.index,
+            saved_kv_index: self.state.kv_index,
+            touched: HashSet::new(),
+            before: Vec::new(),
+        });
+    }
+
+    /// Ends the transaction; with `rollback`, puts back every key it touched.
+    fn end_txn(&mut self, rollback: bool) {
+        let Some(log) = self.txn.take() else { return };
+        if !rollback {
+            return;
+        }
+        for (key, entry, tomb) in log.before.into_iter().rev() {
+            match entry {
+                Some(e) => self.state.kv.insert(key.clone(), e),
+                None => self.state.kv.remove(&key),
+            };
+            match tomb {
+                Some(i) => self.state.tombstones.insert(key, i),
+                None => self.state.tombstones.remove(&key),
+            };
+        }
+        self.state.index = log.saved_index;
+        self.state.kv_index = log.saved_kv_index;
+    }
+
+    pub(crate) fn txn_endpoint(&mut self, now: SimTime, body: &Bytes) -> Result<Reply, ApiError> {
+        if body.len() > MAX_TXN_BODY {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "Request body({} bytes) too large, max size: {MAX_TXN_BODY} bytes. See \
+                     https://www.consul.io/docs/agent/options.html#txn_max_req_len.",
+                    body.len()
+                ),
             ));
-        };
+        }
+        let ops = parse_ops(body)
+            .map_err(|e| ApiError::bad_request(format!("Failed to parse body: {e}")))?;
         if ops.len() > self.config.max_txn_ops {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -33,37 +115,54 @@ impl Consul {
                 ),
             ));
         }
-        let mut parsed = Vec::with_capacity(ops.len());
-        for (i, op) in ops.iter().enumerate() {
-            parsed.push(
-                TxnOp::parse(op)
-                    .map_err(|m| ApiError::bad_request(format!("Operation {i}: {m}")))?,
-            );
-        }
-        // All or nothing: apply to the live store, roll back from a copy on failure.
-        let saved = (
-            self.state.kv.clone(),
-            self.state.tombstones.clone(),
-            self.state.kv_index,
-            self.state.index,
-        );
-        let mut results = Vec::new();
+        let ops: Vec<(usize, TxnOp)> =
+            ops.into_iter().enumerate().filter_map(|(i, op)| op.map(|op| (i, op))).collect();
+        let write = ops.iter().any(|(_, op)| WRITE_VERBS.contains(&op.verb.as_str()));
+
         let mut errors = Vec::new();
-        for (i, op) in parsed.iter().enumerate() {
-            match self.apply_txn_op(now, op, &mut results) {
-                Ok(()) => {}
-                Err(what) => errors.push(json!({"OpIndex": i, "What": what})),
+        for (i, op) in &ops {
+            if op.key.is_empty() && op.verb != "delete-tree" {
+                errors.push(txn_error(*i, "Must provide key"));
+            } else if op.verb == "lock" && self.in_lock_delay(&op.key, now) {
+                errors.push(txn_error(
+                    *i,
+                    &format!("failed to lock key {:?} due to lock delay", op.key),
+                ));
             }
         }
+        let mut results = Vec::new();
         if errors.is_empty() {
-            Ok(Reply::json(&json!({"Results": results, "Errors": Value::Null})))
-        } else {
-            (self.state.kv, self.state.tombstones, self.state.kv_index, self.state.index) = saved;
-            Ok(Reply::write(SimResponse::json(
-                StatusCode::CONFLICT,
-                &json!({"Results": Value::Null, "Errors": errors}),
-            )))
+            if write {
+                self.begin_txn();
+            }
+            for (i, op) in &ops {
+                if let Err(what) = self.apply_txn_op(now, op, &mut results) {
+                    errors.push(txn_error(*i, &what));
+                }
+            }
+            self.end_txn(!errors.is_empty());
         }
+        let (status, results, errors) = if errors.is_empty() {
+            (StatusCode::OK, Value::Array(results), Value::Null)
+        } else {
+            (StatusCode::CONFLICT, Value::Null, Value::Array(errors))
+        };
+        if write {
+            let body = json!({"Results": results, "Errors": errors});
+            return Ok(Reply::write(SimResponse::json(status, &body)));
+        }
+        let body = json!({
+            "Results": results,
+            "Errors": errors,
+            "Index": 0,
+            "LastContact": 0,
+            "KnownLeader": !self.leader_lost,
+            "ConsistencyLevel": "",
+        });
+        let mut resp = SimResponse::json(status, &body);
+        resp.headers.push(("X-Consul-KnownLeader", (!self.leader_lost).to_string()));
+        resp.headers.push(("X-Consul-LastContact", "0".into()));
+        Ok(Reply::write(resp))
     }
 
     fn apply_txn_op(
@@ -78,22 +177,22 @@ impl Consul {
                 results.push(json!({"KV": entry_json(key, e, with_value)}));
             }
         };
-        let current = self.state.kv.get(key).cloned();
         match op.verb.as_str() {
             "set" | "cas" | "lock" | "unlock" => {
-                if key.is_empty() {
-                    return Err("Missing key name".into());
+                if matches!(op.verb.as_str(), "lock" | "unlock") && op.session.is_empty() {
+                    return Err("missing session".into());
                 }
                 if op.value.len() > self.config.max_value_size {
                     return Err(format!(
-                        "value for key {key:?} exceeds {} bytes",
+                        "Value for key {key:?} is too large ({} > {} bytes)",
+                        op.value.len(),
                         self.config.max_value_size
                     ));
                 }
                 let w = Write {
                     key,
                     value: op.value.clone(),
-                    flags: Some(op.flags),
+                    flags: op.flags,
                     cas: (op.verb == "cas").then_some(op.index),
                     acquire: (op.verb == "lock").then_some(op.session.as_str()),
                     release: (op.verb == "unlock").then_some(op.session.as_str()),
@@ -104,20 +203,16 @@ impl Consul {
                         Ok(())
                     }
                     Ok(false) => Err(match op.verb.as_str() {
-                        "cas" => format!(
-                            "failed to set key {key:?}, index is stale (current {} != {})",
-                            current.map_or(0, |e| e.modify_index),
-                            op.index
-                        ),
-                        "lock" => format!("failed to lock key {key:?}: lock is already held"),
+                        "cas" => format!("failed to set key {key:?}, index is stale"),
+                        "lock" => format!("failed to lock key {key:?}, lock is already held"),
                         _ => format!(
-                            "failed to unlock key {key:?}: lock isn't held, or is held by another session"
+                            "failed to unlock key {key:?}, lock isn't held, or is held by another session"
                         ),
                     }),
                     Err(e) => Err(e.message),
                 }
             }
-            "get" => match current {
+            "get" => match self.state.kv.get(key) {
                 Some(_) => {
                     push(self, results, true);
                     Ok(())
@@ -132,23 +227,30 @@ impl Consul {
                 }
                 Ok(())
             }
-            "check-index" => match current {
+            "check-index" => match self.state.kv.get(key) {
                 Some(e) if e.modify_index == op.index => {
                     push(self, results, false);
                     Ok(())
                 }
-                Some(e) => Err(format!("current modify index {} != {}", e.modify_index, op.index)),
-                None => Err(format!("key {key:?} doesn't exist")),
+                Some(e) => Err(format!(
+                    "failed index check for key {key:?}, current modify index {} != {}",
+                    e.modify_index, op.index
+                )),
+                None => Err(format!("failed to check index, key {key:?} doesn't exist")),
             },
-            "check-session" => match current {
+            "check-session" => match self.state.kv.get(key) {
                 Some(e) if e.session.as_deref() == Some(op.session.as_str()) => {
                     push(self, results, false);
                     Ok(())
                 }
-                Some(_) => Err(format!("key {key:?} is not locked by session {:?}", op.session)),
-                None => Err(format!("key {key:?} doesn't exist")),
+                Some(e) => Err(format!(
+                    "failed session check for key {key:?}, current session {:?} != {:?}",
+                    e.session.as_deref().unwrap_or(""),
+                    op.session
+                )),
+                None => Err(format!("failed to check session, key {key:?} doesn't exist")),
             },
-            "check-not-exists" => match current {
+            "check-not-exists" => match self.state.kv.get(key) {
                 Some(_) => Err(format!("key {key:?} exists")),
                 None => Ok(()),
             },
@@ -164,16 +266,16 @@ impl Consul {
                 if self.kv_delete_cas(key, op.index) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "failed to delete key {key:?}, index is stale (current {} != {})",
-                        current.map_or(0, |e| e.modify_index),
-                        op.index
-                    ))
+                    Err(format!("failed to delete key {key:?}, index is stale"))
                 }
             }
             other => Err(format!("unknown KV verb {other:?}")),
         }
     }
+}
+
+fn txn_error(i: usize, what: &str) -> Value {
+    json!({"OpIndex": i, "What": what})
 }
 
 /// One parsed transaction operation.
@@ -186,52 +288,109 @@ struct TxnOp {
     session: String,
 }
 
-impl TxnOp {
-    fn parse(op: &Value) -> Result<TxnOp, String> {
-        let Some(kv) = field(op, "KV") else {
-            let kinds: Vec<&String> =
-                op.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-            return Err(format!("only KV operations are supported by consul-sim, got {kinds:?}"));
-        };
-        let verb = str_field(kv, "Verb").map_err(|e| e.message)?.ok_or("missing Verb")?;
-        let known = [
-            "set",
-            "cas",
-            "lock",
-            "unlock",
-            "get",
-            "get-tree",
-            "check-index",
-            "check-session",
-            "check-not-exists",
-            "delete",
-            "delete-tree",
-            "delete-cas",
-        ];
-        if !known.contains(&verb.as_str()) {
-            return Err(format!("unknown KV verb {verb:?}"));
-        }
-        let key = str_field(kv, "Key").map_err(|e| e.message)?.unwrap_or_default();
-        let value = match str_field(kv, "Value").map_err(|e| e.message)? {
-            Some(v) => STANDARD
-                .decode(v.as_bytes())
-                .map(Bytes::from)
-                .map_err(|e| format!("Value of key {key:?} is not valid base64: {e}"))?,
-            None => Bytes::new(),
-        };
-        let number = |name: &str| -> Result<u64, String> {
-            match field(kv, name) {
-                None => Ok(0),
-                Some(v) => v.as_u64().ok_or(format!("{name} must be a non-negative integer")),
-            }
-        };
-        Ok(TxnOp {
-            flags: number("Flags")?,
-            index: number("Index")?,
-            session: str_field(kv, "Session").map_err(|e| e.message)?.unwrap_or_default(),
-            verb,
-            key,
-            value,
-        })
+/// Decodes the body as Consul's `api.TxnOps`, with Go's wording for what is wrong. An
+/// operation without `KV` (`{}`) is `None`: Consul skips it.
+fn parse_ops(body: &[u8]) -> Result<Vec<Option<TxnOp>>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("EOF".into());
     }
+    let ops: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let ops = match ops {
+        Value::Array(ops) => ops,
+        Value::Null => Vec::new(),
+        other => {
+            return Err(format!(
+                "json: cannot unmarshal {} into Go value of type api.TxnOps",
+                go_kind(&other)
+            ));
+        }
+    };
+    ops.iter().map(parse_op).collect()
+}
+
+fn parse_op(op: &Value) -> Result<Option<TxnOp>, String> {
+    let obj = match op {
+        Value::Object(o) => o,
+        Value::Null => return Ok(None),
+        other => {
+            return Err(format!(
+                "json: cannot unmarshal {} into Go value of type api.TxnOp",
+                go_kind(other)
+            ));
+        }
+    };
+    let mut kv = None;
+    for (name, v) in obj {
+        match name.to_ascii_lowercase().as_str() {
+            "kv" => kv = Some(v),
+            "node" | "service" | "check" | "intention" => {
+                return Err(format!("{name} operations are not supported by consul-sim"));
+            }
+            _ => return Err(format!("json: unknown field {name:?}")),
+        }
+    }
+    let kv = match kv {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(kv)) => kv,
+        Some(other) => {
+            return Err(format!(
+                "json: cannot unmarshal {} into Go struct field TxnOp.KV of type api.KVTxnOp",
+                go_kind(other)
+            ));
+        }
+    };
+    let get = |name: &str| {
+        kv.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+    };
+    let string = |name: &str| -> Result<String, String> {
+        match get(name) {
+            None => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(format!(
+                "json: cannot unmarshal {} into Go struct field KVTxnOp.KV.{name} of type string",
+                go_kind(other)
+            )),
+        }
+    };
+    let number = |name: &str| -> Result<u64, String> {
+        match get(name) {
+            None => Ok(0),
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+                format!("json: cannot unmarshal number {n} into Go struct field KVTxnOp.KV.{name} of type uint64")
+            }),
+            Some(other) => Err(format!(
+                "json: cannot unmarshal {} into Go struct field KVTxnOp.KV.{name} of type uint64",
+                go_kind(other)
+            )),
+        }
+    };
+    let value = match get("Value") {
+        None => Bytes::new(),
+        Some(Value::String(v)) => {
+            STANDARD.decode(v.as_bytes()).map(Bytes::from).map_err(|e| match e {
+                base64::DecodeError::InvalidByte(at, _)
+                | base64::DecodeError::InvalidLastSymbol(at, _) => {
+                    format!("illegal base64 data at input byte {at}")
+                }
+                _ => format!("illegal base64 data at input byte {}", v.len()),
+            })?
+        }
+        Some(other) => {
+            return Err(format!(
+                "json: cannot unmarshal {} into Go struct field KVTxnOp.KV.Value of type []uint8",
+                go_kind(other)
+            ));
+        }
+    };
+    Ok(Some(TxnOp {
+        verb: string("Verb")?,
+        key: string("Key")?,
+        value,
+        flags: number("Flags")?,
+        index: number("Index")?,
+        session: string("Session")?,
+    }))
 }
