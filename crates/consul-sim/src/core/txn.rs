@@ -394,3 +394,79 @@ fn parse_op(op: &Value) -> Result<Option<TxnOp>, String> {
         session: string("Session")?,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::{HeaderMap, Method};
+    use serde_json::{Value, json};
+
+    use crate::core::{Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
+
+    fn call(c: &mut Consul, method: Method, target: &str, body: &str) -> SimResponse {
+        let req = SimRequest {
+            method,
+            target: target.into(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+        };
+        match c.handle(SimTime::default(), &req, false) {
+            Outcome::Done(r) => r,
+            Outcome::Blocked { .. } => panic!("a non-blocking call parked"),
+        }
+    }
+
+    fn session(c: &mut Consul) -> String {
+        let r = call(c, Method::PUT, "/v1/session/create", r#"{"LockDelay":"0s"}"#);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        v["ID"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_rolled_back_txn_leaves_the_store_byte_identical() {
+        let mut c = Consul::new(SimConfig::default());
+        let s = session(&mut c);
+        for k in ["a", "b", "tree/1", "tree/2", "gone"] {
+            call(&mut c, Method::PUT, &format!("/v1/kv/{k}?flags=3"), k);
+        }
+        call(&mut c, Method::DELETE, "/v1/kv/gone", "");
+        call(&mut c, Method::PUT, &format!("/v1/kv/held?acquire={s}"), "h");
+        let before = c.snapshot().unwrap();
+        let index = c.index();
+        // Every kind of write, then a failing check: nothing may stay.
+        let ops = json!([
+            {"KV": {"Verb": "set", "Key": "a", "Value": "eA==", "Flags": 9}},
+            {"KV": {"Verb": "set", "Key": "new", "Value": "eA=="}},
+            {"KV": {"Verb": "set", "Key": "gone"}},
+            {"KV": {"Verb": "delete", "Key": "b"}},
+            {"KV": {"Verb": "delete-tree", "Key": "tree/"}},
+            {"KV": {"Verb": "unlock", "Key": "held", "Session": s}},
+            {"KV": {"Verb": "lock", "Key": "a", "Session": s}},
+            {"KV": {"Verb": "set", "Key": "a", "Value": "eQ=="}},
+            {"KV": {"Verb": "check-not-exists", "Key": "held"}},
+        ]);
+        let r = call(&mut c, Method::PUT, "/v1/txn", &ops.to_string());
+        assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(c.index(), index);
+        assert!(c.txn.is_none(), "the undo log is dropped");
+        assert_eq!(String::from_utf8(c.snapshot().unwrap()), String::from_utf8(before));
+    }
+
+    #[test]
+    fn a_committed_txn_writes_every_key_at_one_index() {
+        let mut c = Consul::new(SimConfig::default());
+        call(&mut c, Method::PUT, "/v1/kv/old", "o");
+        let ops = json!([
+            {"KV": {"Verb": "set", "Key": "x"}},
+            {"KV": {"Verb": "set", "Key": "y"}},
+            {"KV": {"Verb": "delete", "Key": "old"}},
+        ]);
+        let r = call(&mut c, Method::PUT, "/v1/txn", &ops.to_string());
+        assert_eq!(r.status, 200);
+        let index = c.index();
+        assert_eq!(c.state.kv["x"].modify_index, index);
+        assert_eq!(c.state.kv["y"].create_index, index);
+        assert_eq!(c.state.tombstones["old"], index);
+        assert!(c.txn.is_none());
+    }
+}
