@@ -486,3 +486,32 @@ async fn malformed_txns_are_refused_as_consul_refuses_them() {
     let r = api.txn(ops(129)).await;
     assert_eq!(answer(&r), (413, "Transaction contains too many operations (129 > 128)".into()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_deprecated_checks_list_is_kept_apart_and_still_binds() {
+    let api = Api::new();
+    let reg =
+        r#"{"Name":"web","ID":"web1","Check":{"CheckID":"webttl","TTL":"30s","Status":"passing"}}"#;
+    assert_eq!(api.put("/v1/agent/service/register", reg).await.status, 200);
+    // As Consul 1.8.7 shows them: NodeChecks defaults to serfHealth, Checks stays apart,
+    // and Checks == ["serfHealth"] (the old default) is dropped.
+    let cases = [
+        (r#"{"Checks":["serfHealth"]}"#, json!(["serfHealth"]), None),
+        (
+            r#"{"Checks":["webttl"],"Name":"legacy"}"#,
+            json!(["serfHealth"]),
+            Some(json!(["webttl"])),
+        ),
+        (r#"{"NodeChecks":[]}"#, json!([]), None),
+    ];
+    for (body, node_checks, checks) in cases {
+        let id = api.session(body).await;
+        let info = json_of(&api.get(&format!("/v1/session/info/{id}")).await)[0].clone();
+        assert_eq!(info["NodeChecks"], node_checks, "{body}");
+        assert_eq!(info.get("Checks").cloned(), checks, "{body}");
+    }
+    // A session bound through Checks ends when that check goes critical.
+    assert_eq!(api.put("/v1/agent/check/fail/webttl", "").await.status, 200);
+    let all = json_of(&api.get("/v1/session/list").await);
+    assert!(all.as_array().unwrap().iter().all(|s| s["Name"] != "legacy"), "{all}");
+}

@@ -30,6 +30,10 @@ pub(crate) struct SessionState {
     pub(crate) ttl_text: Option<String>,
     pub(crate) node_checks: Vec<String>,
     pub(crate) service_checks: Vec<String>,
+    /// The deprecated `Checks` list, kept apart as Consul keeps it (and bound like
+    /// `NodeChecks`).
+    #[serde(default)]
+    pub(crate) checks: Vec<String>,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
     pub(crate) renewed_at: SimTime,
@@ -42,7 +46,7 @@ impl SessionState {
     }
 
     fn json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "ID": self.id,
             "Name": self.name,
             "Node": self.node,
@@ -59,7 +63,11 @@ impl SessionState {
             },
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
-        })
+        });
+        if let (false, Some(obj)) = (self.checks.is_empty(), v.as_object_mut()) {
+            obj.insert("Checks".into(), json!(self.checks));
+        }
+        v
     }
 }
 
@@ -204,13 +212,11 @@ impl Consul {
                 Some(_) => Err(ApiError::bad_request(format!("{name} must be a list"))),
             }
         };
-        let legacy = list("Checks")?;
-        let node_checks = match (list("NodeChecks")?, legacy) {
-            (Some(n), Some(l)) => n.into_iter().chain(l).collect(),
-            (Some(n), None) => n,
-            (None, Some(l)) => l,
-            (None, None) => vec!["serfHealth".to_string()],
-        };
+        // NodeChecks defaults to serfHealth whatever the deprecated Checks says; Checks is kept
+        // apart, except ["serfHealth"] alone (the old default), which Consul drops.
+        let node_checks = list("NodeChecks")?.unwrap_or_else(|| vec!["serfHealth".to_string()]);
+        let checks = list("Checks")?.unwrap_or_default();
+        let checks = if checks == ["serfHealth"] { Vec::new() } else { checks };
         let service_checks: Vec<String> = match field(&req, "ServiceChecks") {
             None => Vec::new(),
             Some(Value::Array(a)) => a
@@ -222,7 +228,7 @@ impl Consul {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(ApiError::bad_request("ServiceChecks must be a list")),
         };
-        for id in node_checks.iter().chain(&service_checks) {
+        for id in node_checks.iter().chain(&checks).chain(&service_checks) {
             match self.state.checks.get(&(node.clone(), id.clone())) {
                 None => {
                     return Err(ApiError::new(
@@ -254,6 +260,7 @@ impl Consul {
                 ttl_text,
                 node_checks,
                 service_checks,
+                checks,
                 create_index: index,
                 modify_index: index,
                 renewed_at: now,
@@ -315,6 +322,7 @@ impl Consul {
             .filter(|s| {
                 s.node == node
                     && (s.node_checks.iter().any(|c| c == id)
+                        || s.checks.iter().any(|c| c == id)
                         || s.service_checks.iter().any(|c| c == id))
             })
             .map(|s| s.id.clone())
