@@ -1,15 +1,18 @@
-//! consul-sim and our HTTP client: in-process KV get/put, HTTP KV GET of our client vs
-//! rs-consul against the same sim server, and 10,000 idle blocking watchers on one key
-//! (memory, and the time until one write wakes them all).
+//! consul-sim and our HTTP client: in-process KV get/put, a 1-op transaction with 200,000
+//! keys stored, HTTP KV GET of our client vs rs-consul against the same sim server, and
+//! 10,000 idle blocking watchers on one key (memory, and the time until one write wakes
+//! them all).
 //!
 //! `cargo bench -p consul-ha-benches --bench sim`. Goals: HTTP GET ours/rs-consul time
-//! ≤ 0.67 (≥ 1.5× the throughput); 10,000 watchers ≤ 200 MB and woken in ≤ 100 ms.
+//! ≤ 0.67 (≥ 1.5× the throughput); a transaction costs O(its ops), not O(store) (the same
+//! time at 200,000 keys as at 10); 10,000 watchers ≤ 200 MB and woken in ≤ 100 ms.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use consul_api::{Client, QueryOptions};
-use consul_sim::{Sim, SimConfig};
+use consul_sim::{Sim, SimConfig, SimRequest};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Resident memory of this process, from /proc (Linux); 0 elsewhere.
@@ -40,6 +43,31 @@ fn bench(c: &mut Criterion) {
             rt.block_on(local.kv().put(black_box("bench/put"), n.to_string())).unwrap()
         })
     });
+
+    // A 1-op transaction (a set, and a failing cas that rolls back) with 200,000 keys stored,
+    // beside the same with 10 keys: a transaction must cost O(its ops), not O(store).
+    for keys in [10usize, 200_000] {
+        let big = rt.block_on(async { Sim::new(SimConfig::default()) });
+        big.with_core(|core, now| {
+            for i in 0..keys {
+                let put = request("PUT", &format!("/v1/kv/bulk/{i:06}"), &[1u8; 64][..]);
+                core.handle(now, &put, false);
+            }
+        });
+        let set =
+            request("PUT", "/v1/txn", br#"[{"KV":{"Verb":"set","Key":"txn/k","Value":"dg=="}}]"#);
+        g.bench_function(format!("in-process/txn-1-op/{keys}-keys"), |b| {
+            b.iter(|| rt.block_on(big.execute("bench", black_box(set.clone()))).unwrap())
+        });
+        let stale = request(
+            "PUT",
+            "/v1/txn",
+            br#"[{"KV":{"Verb":"cas","Key":"txn/k","Index":1,"Value":"dg=="}}]"#,
+        );
+        g.bench_function(format!("in-process/txn-1-op-rolled-back/{keys}-keys"), |b| {
+            b.iter(|| rt.block_on(big.execute("bench", black_box(stale.clone()))).unwrap())
+        });
+    }
 
     // Both HTTP clients against one server, same key, same runtime.
     let server = rt.block_on(sim.serve("127.0.0.1:0".parse().unwrap())).unwrap();
@@ -103,6 +131,15 @@ fn bench(c: &mut Criterion) {
         wake_times[2], wake_times[0], wake_times[4], woken
     );
     rt.block_on(server.shutdown());
+}
+
+fn request(method: &str, target: &str, body: &[u8]) -> SimRequest {
+    SimRequest {
+        method: method.parse().unwrap(),
+        target: target.into(),
+        headers: Default::default(),
+        body: Bytes::copy_from_slice(body),
+    }
 }
 
 criterion_group!(benches, bench);

@@ -112,7 +112,8 @@ async fn a_crashed_leader_is_replaced_within_ttl_plus_lock_delay() {
     drop(a); // no cleanup: the session and check run out on their own
     eventually(Duration::from_secs(30), "a new leader", || b.is_leader() || c.is_leader()).await;
     let took = crashed.elapsed();
-    // TTL 10 s × grace 1 + lock-delay 5 s + one retry (≤ 1 s).
+    // The session is bound to the member's TTL check: check TTL 10 s + lock-delay 5 s + one
+    // retry (≤ 1 s). (The session's own TTL would only reap it at 2 × 10 s.)
     assert!(took <= Duration::from_secs(16), "failover took {took:?}");
     assert!(took >= Duration::from_secs(14), "failover cannot beat TTL + lock-delay: {took:?}");
     eventually(Duration::from_secs(130), "a is reaped after deregister_critical_after", || {

@@ -12,6 +12,8 @@ mod real_consul;
 mod rs_consul;
 mod shards;
 mod sim_agent;
+mod sim_blocking;
+mod sim_kv_txn;
 mod sim_model;
 mod sim_wire;
 mod support;

@@ -11,7 +11,8 @@ use http::{HeaderMap, Method};
 use proptest::prelude::*;
 
 const KEYS: [&str; 3] = ["a", "b/c", "d e"];
-const TTL: Duration = Duration::from_secs(10);
+/// Consul reaps a session 2 × TTL after its last renew (measured on Consul 1.8.7).
+const REAP_AFTER: Duration = Duration::from_secs(20);
 const LOCK_DELAY: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
@@ -70,7 +71,7 @@ impl Model {
             let due = self
                 .sessions
                 .iter()
-                .map(|(id, r)| (*r + TTL, id.clone()))
+                .map(|(id, r)| (*r + REAP_AFTER, id.clone()))
                 .filter(|(t, _)| *t <= to)
                 .min();
             let Some((at, id)) = due else { break };

@@ -47,12 +47,16 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     let config = SimConfig {
         node_name: args.node.clone(),
         session_ttl_min: args.session_ttl_min,
+        seed: os_seed(),
         ..SimConfig::default()
     };
     let sim = match &args.data_dir {
         Some(dir) => Sim::with_data_dir(config, dir)?,
         None => Sim::new(config),
     };
+    // A restored snapshot brings its generator state back: mix in fresh randomness so
+    // session ids issued after the last save are never handed out twice.
+    sim.with_core(|core, _| core.reseed(os_seed()));
     let server = sim.serve(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     outln!("consul-ha agent -dev: Consul HTTP API at {} (node {:?})", server.url(), args.node);
     // The sim snapshots into the data dir by itself after changes (at most once a second);
@@ -62,6 +66,15 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     server.shutdown().await;
     sim.save_snapshot().map_err(|e| format!("final snapshot failed: {e}"))?;
     Ok(())
+}
+
+/// 64 bits from the OS's randomness (std's `RandomState` keys are drawn from it), so each
+/// agent run hands out different session ids, as Consul does.
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+    h.finish()
 }
 
 /// A client for `args`, checked to reach Consul.

@@ -165,11 +165,15 @@ impl Sim {
         }
         let mut rx = self.shared.index.subscribe();
         let mut block = true;
+        // Fixed when the query first parks and never re-armed: a stream of writes to other
+        // keys wakes the query (the store index moved) but must not extend its wait.
+        let mut first_deadline = None;
         let resp = loop {
             let outcome = self.with_core(|core, now| core.handle(now, &req, block));
             match outcome {
                 Outcome::Done(resp) => break resp,
                 Outcome::Blocked { index, deadline } => {
+                    let deadline = *first_deadline.get_or_insert(deadline);
                     let until = self.shared.start + deadline.0;
                     tokio::select! {
                         _ = rx.wait_for(|i| *i > index) => {}

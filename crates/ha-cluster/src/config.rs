@@ -50,7 +50,9 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// Defaults for member `node_id` of `service` at `node_address`: heartbeat 1 s, session
-    /// TTL 10 s, lock-delay 5 s (crash failover ≤ 16 s at TTL grace 1).
+    /// TTL 10 s, lock-delay 5 s. Crash failover: ≤ 16 s when the check's TTL lapses; ≤ 26 s
+    /// when the member restarts and passes its check first, so only Consul's reaping of the
+    /// session (2 × TTL) ends it.
     pub fn new(
         service: impl Into<String>,
         node_id: impl Into<String>,

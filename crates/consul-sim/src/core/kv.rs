@@ -1,4 +1,4 @@
-//! `/v1/kv` and `/v1/txn`: the key/value store, locks and transactions.
+//! `/v1/kv`: the key/value store and its locks.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -7,7 +7,8 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ApiError, Consul, Reply, SimResponse, SimTime, Target, field, json_body, str_field};
+use super::session::check_uuid;
+use super::{ApiError, Consul, Reply, SimRequest, SimResponse, SimTime, Target};
 
 /// One stored key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,13 +39,18 @@ mod b64 {
 }
 
 /// The JSON Consul returns for one entry; `with_value: false` gives `"Value": null`, as
-/// transaction results of writes do.
+/// transaction results of writes do, and so does an empty value (Go's nil `[]byte`).
 pub(crate) fn entry_json(key: &str, e: &KvEntry, with_value: bool) -> Value {
+    let value = if with_value && !e.value.is_empty() {
+        Value::String(STANDARD.encode(&e.value))
+    } else {
+        Value::Null
+    };
     let mut v = json!({
         "LockIndex": e.lock_index,
         "Key": key,
         "Flags": e.flags,
-        "Value": if with_value { Value::String(STANDARD.encode(&e.value)) } else { Value::Null },
+        "Value": value,
         "CreateIndex": e.create_index,
         "ModifyIndex": e.modify_index,
     });
@@ -55,13 +61,53 @@ pub(crate) fn entry_json(key: &str, e: &KvEntry, with_value: bool) -> Value {
 }
 
 /// Parameters of a KV write.
-struct Write<'a> {
-    key: &'a str,
-    value: Bytes,
-    flags: Option<u64>,
-    cas: Option<u64>,
-    acquire: Option<&'a str>,
-    release: Option<&'a str>,
+pub(crate) struct Write<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) value: Bytes,
+    /// Flags to store: a write without `?flags` stores 0, whatever the key had.
+    pub(crate) flags: u64,
+    pub(crate) cas: Option<u64>,
+    pub(crate) acquire: Option<&'a str>,
+    pub(crate) release: Option<&'a str>,
+}
+
+/// The query as Go's `url.Values.Encode` writes it (keys sorted, `QueryEscape`d): Consul
+/// quotes it in its "Conflicting flags" answer.
+fn go_query_encode(query: &[(String, String)]) -> String {
+    let escape = |s: &str| {
+        let mut out = String::new();
+        for b in s.bytes() {
+            match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    };
+    let mut pairs: Vec<&(String, String)> = query.iter().collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let parts: Vec<String> =
+        pairs.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect();
+    parts.join("&")
+}
+
+/// A query number as Go's `strconv.ParseUint` reads it; Consul answers its error with 500.
+fn parse_uint(t: &Target, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(v) = t.param(name) else { return Ok(None) };
+    v.parse::<u64>().map(Some).map_err(|_| {
+        let why = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+            "value out of range"
+        } else {
+            "invalid syntax"
+        };
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("strconv.ParseUint: parsing {v:?}: {why}"),
+        )
+    })
 }
 
 impl Consul {
@@ -71,7 +117,7 @@ impl Consul {
         method: &Method,
         key: &str,
         t: &Target,
-        body: &Bytes,
+        req: &SimRequest,
     ) -> Result<Reply, ApiError> {
         match *method {
             Method::GET => self.kv_read(key, t),
@@ -79,39 +125,36 @@ impl Consul {
                 if key.is_empty() {
                     return Err(ApiError::bad_request("Missing key name"));
                 }
+                let body = &req.body;
                 if body.len() > self.config.max_value_size {
                     return Err(ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!(
-                            "Request body({} bytes) too large, max size: {} bytes",
+                            "Request body({} bytes) too large, max size: {} bytes. See \
+                             https://www.consul.io/docs/agent/options.html#kv_max_value_size.",
                             body.len(),
                             self.config.max_value_size
                         ),
                     ));
                 }
-                let number = |name: &str| -> Result<Option<u64>, ApiError> {
-                    t.param(name)
-                        .map(|v| {
-                            v.parse::<u64>().map_err(|_| {
-                                ApiError::bad_request(format!("Invalid {name} value {v:?}"))
-                            })
-                        })
-                        .transpose()
-                };
+                let (acquire, release) = (t.param("acquire"), t.param("release"));
+                let cas = t.param("cas");
+                let given = [cas.is_some(), acquire.is_some(), release.is_some()];
+                if given.iter().filter(|c| **c).count() > 1 {
+                    return Err(ApiError::bad_request(format!(
+                        "Conflicting flags: {}",
+                        go_query_encode(&t.query)
+                    )));
+                }
                 let w = Write {
                     key,
-                    value: body.clone(),
-                    flags: number("flags")?,
-                    cas: number("cas")?,
-                    acquire: t.param("acquire"),
-                    release: t.param("release"),
+                    // A fresh allocation: a stored value never pins the request's buffer.
+                    value: Bytes::copy_from_slice(body),
+                    flags: parse_uint(t, "flags")?.unwrap_or(0),
+                    cas: parse_uint(t, "cas")?,
+                    acquire,
+                    release,
                 };
-                let conflicting = [w.cas.is_some(), w.acquire.is_some(), w.release.is_some()];
-                if conflicting.iter().filter(|c| **c).count() > 1 {
-                    return Err(ApiError::bad_request(
-                        "Conflicting flags: only one of cas, acquire and release may be given",
-                    ));
-                }
                 let ok = self.kv_write(now, &w)?;
                 Ok(Reply::json(&json!(ok)))
             }
@@ -123,13 +166,8 @@ impl Consul {
                 if key.is_empty() {
                     return Err(ApiError::bad_request("Missing key name"));
                 }
-                let ok = match t.param("cas") {
-                    Some(c) => {
-                        let cas: u64 = c.parse().map_err(|_| {
-                            ApiError::bad_request(format!("Invalid cas value {c:?}"))
-                        })?;
-                        self.kv_delete_cas(key, cas)
-                    }
+                let ok = match parse_uint(t, "cas")? {
+                    Some(cas) => self.kv_delete_cas(key, cas),
                     None => {
                         self.kv_delete(key);
                         true
@@ -196,14 +234,18 @@ impl Consul {
         if key.is_empty() {
             return Err(ApiError::bad_request("Missing key name"));
         }
-        let tomb = self.state.tombstones.get(key).copied().unwrap_or(0);
         match self.state.kv.get(key) {
             Some(e) => {
-                let index = e.modify_index.max(tomb);
+                let index = e.modify_index;
                 if t.flag("raw") {
+                    // Consul 1.8.7 answers raw values as text/plain, never sniffed or run.
                     let resp = SimResponse {
                         status: StatusCode::OK,
-                        headers: vec![("Content-Type", "application/octet-stream".into())],
+                        headers: vec![
+                            ("Content-Type", "text/plain".into()),
+                            ("X-Content-Type-Options", "nosniff".into()),
+                            ("Content-Security-Policy", "sandbox".into()),
+                        ],
                         body: e.value.clone(),
                     };
                     Ok(Reply::read(index, resp))
@@ -211,14 +253,16 @@ impl Consul {
                     Ok(Reply::read_json(index, &json!([entry_json(key, e, true)])))
                 }
             }
-            None => {
-                let index = if tomb > 0 { tomb } else { self.state.kv_index };
-                Err(ApiError::not_found_at(index))
-            }
+            // Consul answers a missing key with the KV table's index (writes and deletes of
+            // any key), not the key's own tombstone.
+            None => Err(ApiError::not_found_at(self.state.kv_index)),
         }
     }
 
+    /// Fails like Consul when `id` names no session: 500 `invalid session "…"` (or the
+    /// UUID lookup error for an id that is not 36 characters long).
     pub(crate) fn session_exists(&self, id: &str) -> Result<(), ApiError> {
+        check_uuid(id)?;
         if self.state.sessions.contains_key(id) {
             Ok(())
         } else {
@@ -226,19 +270,26 @@ impl Consul {
         }
     }
 
+    /// True while `key` is in a lock-delay at `now`.
+    pub(crate) fn in_lock_delay(&self, key: &str, now: SimTime) -> bool {
+        self.state.lock_delays.get(key).is_some_and(|until| *until > now)
+    }
+
     /// Applies a KV write; `Ok(false)` when a condition (cas, lock) did not hold.
-    fn kv_write(&mut self, now: SimTime, w: &Write<'_>) -> Result<bool, ApiError> {
-        let existing = self.state.kv.get(w.key).cloned();
+    pub(crate) fn kv_write(&mut self, now: SimTime, w: &Write<'_>) -> Result<bool, ApiError> {
+        let existing = self.state.kv.get(w.key);
         if let Some(cas) = w.cas {
-            let current = existing.as_ref().map_or(0, |e| e.modify_index);
+            // cas=0: only if absent; otherwise the current ModifyIndex must match.
+            let current = existing.map_or(0, |e| e.modify_index);
             if current != cas {
                 return Ok(false);
             }
         }
-        let mut entry = existing.clone().unwrap_or_default();
+        let mut entry = existing.cloned().unwrap_or_default();
+        let created = existing.is_none();
         if let Some(session) = w.acquire {
             self.session_exists(session)?;
-            if self.state.lock_delays.get(w.key).is_some_and(|until| *until > now) {
+            if self.in_lock_delay(w.key, now) {
                 return Ok(false);
             }
             match &entry.session {
@@ -251,18 +302,18 @@ impl Consul {
             }
         }
         if let Some(session) = w.release {
-            self.session_exists(session)?;
+            // Releasing with a session that is not the holder (or does not exist at all)
+            // is a plain `false`, as Go's api.Lock relies on after its session is gone.
             if entry.session.as_deref() != Some(session) {
                 return Ok(false);
             }
             entry.session = None;
         }
-        let index = self.bump();
+        let index = self.write_index();
+        self.remember(w.key);
         entry.value = w.value.clone();
-        if let Some(flags) = w.flags {
-            entry.flags = flags;
-        }
-        if existing.is_none() {
+        entry.flags = w.flags;
+        if created {
             entry.create_index = index;
         }
         entry.modify_index = index;
@@ -273,25 +324,29 @@ impl Consul {
     }
 
     pub(crate) fn kv_delete(&mut self, key: &str) {
-        if self.state.kv.remove(key).is_some() {
-            let index = self.bump();
+        if self.state.kv.contains_key(key) {
+            let index = self.write_index();
+            self.remember(key);
+            self.state.kv.remove(key);
             self.state.kv_index = index;
             self.state.tombstones.insert(key.to_string(), index);
         }
     }
 
-    fn kv_delete_cas(&mut self, key: &str, cas: u64) -> bool {
+    pub(crate) fn kv_delete_cas(&mut self, key: &str, cas: u64) -> bool {
         match self.state.kv.get(key) {
             Some(e) if e.modify_index == cas => {
                 self.kv_delete(key);
                 true
             }
             Some(_) => false,
-            None => cas == 0,
+            // Consul: a missing key "matches" any cas index (measured: DELETE ?cas=5 of a
+            // missing key answers true).
+            None => true,
         }
     }
 
-    fn kv_delete_tree(&mut self, prefix: &str) {
+    pub(crate) fn kv_delete_tree(&mut self, prefix: &str) {
         let doomed: Vec<String> = self
             .state
             .kv
@@ -302,236 +357,12 @@ impl Consul {
         if doomed.is_empty() {
             return;
         }
-        let index = self.bump();
+        let index = self.write_index();
         self.state.kv_index = index;
         for k in doomed {
+            self.remember(&k);
             self.state.kv.remove(&k);
             self.state.tombstones.insert(k, index);
         }
-    }
-
-    pub(crate) fn txn_endpoint(
-        &mut self,
-        now: SimTime,
-        t: &Target,
-        body: &Bytes,
-    ) -> Result<Reply, ApiError> {
-        let _ = t;
-        let ops = json_body(body, "transaction")?;
-        let Some(ops) = ops.as_array() else {
-            return Err(ApiError::bad_request(
-                "Failed to parse body: a transaction is a JSON list of operations",
-            ));
-        };
-        if ops.len() > self.config.max_txn_ops {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "Transaction contains too many operations ({} > {})",
-                    ops.len(),
-                    self.config.max_txn_ops
-                ),
-            ));
-        }
-        let mut parsed = Vec::with_capacity(ops.len());
-        for (i, op) in ops.iter().enumerate() {
-            parsed.push(
-                TxnOp::parse(op)
-                    .map_err(|m| ApiError::bad_request(format!("Operation {i}: {m}")))?,
-            );
-        }
-        // All or nothing: apply to the live store, roll back from a copy on failure.
-        let saved = (
-            self.state.kv.clone(),
-            self.state.tombstones.clone(),
-            self.state.kv_index,
-            self.state.index,
-        );
-        let mut results = Vec::new();
-        let mut errors = Vec::new();
-        for (i, op) in parsed.iter().enumerate() {
-            match self.apply_txn_op(now, op, &mut results) {
-                Ok(()) => {}
-                Err(what) => errors.push(json!({"OpIndex": i, "What": what})),
-            }
-        }
-        if errors.is_empty() {
-            Ok(Reply::json(&json!({"Results": results, "Errors": Value::Null})))
-        } else {
-            (self.state.kv, self.state.tombstones, self.state.kv_index, self.state.index) = saved;
-            Ok(Reply::write(SimResponse::json(
-                StatusCode::CONFLICT,
-                &json!({"Results": Value::Null, "Errors": errors}),
-            )))
-        }
-    }
-
-    fn apply_txn_op(
-        &mut self,
-        now: SimTime,
-        op: &TxnOp,
-        results: &mut Vec<Value>,
-    ) -> Result<(), String> {
-        let key = op.key.as_str();
-        let push = |c: &Consul, results: &mut Vec<Value>, with_value: bool| {
-            if let Some(e) = c.state.kv.get(key) {
-                results.push(json!({"KV": entry_json(key, e, with_value)}));
-            }
-        };
-        let current = self.state.kv.get(key).cloned();
-        match op.verb.as_str() {
-            "set" | "cas" | "lock" | "unlock" => {
-                if key.is_empty() {
-                    return Err("Missing key name".into());
-                }
-                if op.value.len() > self.config.max_value_size {
-                    return Err(format!(
-                        "value for key {key:?} exceeds {} bytes",
-                        self.config.max_value_size
-                    ));
-                }
-                let w = Write {
-                    key,
-                    value: op.value.clone(),
-                    flags: Some(op.flags),
-                    cas: (op.verb == "cas").then_some(op.index),
-                    acquire: (op.verb == "lock").then_some(op.session.as_str()),
-                    release: (op.verb == "unlock").then_some(op.session.as_str()),
-                };
-                match self.kv_write(now, &w) {
-                    Ok(true) => {
-                        push(self, results, false);
-                        Ok(())
-                    }
-                    Ok(false) => Err(match op.verb.as_str() {
-                        "cas" => format!(
-                            "failed to set key {key:?}, index is stale (current {} != {})",
-                            current.map_or(0, |e| e.modify_index),
-                            op.index
-                        ),
-                        "lock" => format!("failed to lock key {key:?}: lock is already held"),
-                        _ => format!(
-                            "failed to unlock key {key:?}: lock isn't held, or is held by another session"
-                        ),
-                    }),
-                    Err(e) => Err(e.message),
-                }
-            }
-            "get" => match current {
-                Some(_) => {
-                    push(self, results, true);
-                    Ok(())
-                }
-                None => Err(format!("key {key:?} doesn't exist")),
-            },
-            "get-tree" => {
-                for (k, e) in
-                    self.state.kv.range(key.to_string()..).take_while(|(k, _)| k.starts_with(key))
-                {
-                    results.push(json!({"KV": entry_json(k, e, true)}));
-                }
-                Ok(())
-            }
-            "check-index" => match current {
-                Some(e) if e.modify_index == op.index => {
-                    push(self, results, false);
-                    Ok(())
-                }
-                Some(e) => Err(format!("current modify index {} != {}", e.modify_index, op.index)),
-                None => Err(format!("key {key:?} doesn't exist")),
-            },
-            "check-session" => match current {
-                Some(e) if e.session.as_deref() == Some(op.session.as_str()) => {
-                    push(self, results, false);
-                    Ok(())
-                }
-                Some(_) => Err(format!("key {key:?} is not locked by session {:?}", op.session)),
-                None => Err(format!("key {key:?} doesn't exist")),
-            },
-            "check-not-exists" => match current {
-                Some(_) => Err(format!("key {key:?} exists")),
-                None => Ok(()),
-            },
-            "delete" => {
-                self.kv_delete(key);
-                Ok(())
-            }
-            "delete-tree" => {
-                self.kv_delete_tree(key);
-                Ok(())
-            }
-            "delete-cas" => {
-                if self.kv_delete_cas(key, op.index) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "failed to delete key {key:?}, index is stale (current {} != {})",
-                        current.map_or(0, |e| e.modify_index),
-                        op.index
-                    ))
-                }
-            }
-            other => Err(format!("unknown KV verb {other:?}")),
-        }
-    }
-}
-
-/// One parsed transaction operation.
-struct TxnOp {
-    verb: String,
-    key: String,
-    value: Bytes,
-    flags: u64,
-    index: u64,
-    session: String,
-}
-
-impl TxnOp {
-    fn parse(op: &Value) -> Result<TxnOp, String> {
-        let Some(kv) = field(op, "KV") else {
-            let kinds: Vec<&String> =
-                op.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-            return Err(format!("only KV operations are supported by consul-sim, got {kinds:?}"));
-        };
-        let verb = str_field(kv, "Verb").map_err(|e| e.message)?.ok_or("missing Verb")?;
-        let known = [
-            "set",
-            "cas",
-            "lock",
-            "unlock",
-            "get",
-            "get-tree",
-            "check-index",
-            "check-session",
-            "check-not-exists",
-            "delete",
-            "delete-tree",
-            "delete-cas",
-        ];
-        if !known.contains(&verb.as_str()) {
-            return Err(format!("unknown KV verb {verb:?}"));
-        }
-        let key = str_field(kv, "Key").map_err(|e| e.message)?.unwrap_or_default();
-        let value = match str_field(kv, "Value").map_err(|e| e.message)? {
-            Some(v) => STANDARD
-                .decode(v.as_bytes())
-                .map(Bytes::from)
-                .map_err(|e| format!("Value of key {key:?} is not valid base64: {e}"))?,
-            None => Bytes::new(),
-        };
-        let number = |name: &str| -> Result<u64, String> {
-            match field(kv, name) {
-                None => Ok(0),
-                Some(v) => v.as_u64().ok_or(format!("{name} must be a non-negative integer")),
-            }
-        };
-        Ok(TxnOp {
-            flags: number("Flags")?,
-            index: number("Index")?,
-            session: str_field(kv, "Session").map_err(|e| e.message)?.unwrap_or_default(),
-            verb,
-            key,
-            value,
-        })
     }
 }

@@ -7,11 +7,14 @@
 //! the same inputs always give the same outputs.
 
 mod agent;
+mod blocking;
 mod gojson;
+mod json;
 mod kv;
 mod operator;
 mod request;
 mod session;
+mod txn;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,6 +25,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use request::{SimRequest, Target};
+
+use blocking::blocking_params;
+pub(crate) use json::{
+    duration_field, field, go_kind, json_body, map_field, str_field, strings_field, to_map,
+};
 
 pub(crate) use agent::{CheckKind, CheckState, ServiceState};
 pub(crate) use kv::KvEntry;
@@ -100,14 +108,17 @@ pub struct SimConfig {
     pub node_address: String,
     /// The datacenter.
     pub datacenter: String,
-    /// Sessions are invalidated `ttl × ttl_grace` after their last renewal. Consul promises
-    /// only "up to 2×TTL"; 1.0 is the fastest, 2.0 the worst case. Clamped to [1, 2].
+    /// Sessions are invalidated `ttl × ttl_grace` after their last renewal. Consul 1.8.7
+    /// reaps at 2×TTL (its `SessionTTLMultiplier`; measured: a TTL-10s session's lock was
+    /// released 20.0 s after the last renew), so 2.0 is the default; tests that want the
+    /// fast path set 1.0. Clamped to [1, 2].
     pub ttl_grace: f64,
     /// Largest KV value (Consul's default: 512 KiB).
     pub max_value_size: usize,
     /// Most operations in one transaction.
     pub max_txn_ops: usize,
-    /// Seed of the random numbers (session ids, blocking jitter): same seed, same run.
+    /// Seed of the random numbers (session ids, blocking jitter): same seed, same run. A
+    /// long-lived agent should seed from OS randomness so ids differ between runs.
     pub seed: u64,
     /// Shortest session TTL accepted (Consul's agent option `session_ttl_min`, default 10 s).
     /// Lower it for real-time tests that must fail over in a few seconds.
@@ -120,7 +131,7 @@ impl Default for SimConfig {
             node_name: "sim-node".into(),
             node_address: "127.0.0.1".into(),
             datacenter: "dc1".into(),
-            ttl_grace: 1.0,
+            ttl_grace: 2.0,
             max_value_size: 512 * 1024,
             max_txn_ops: 128,
             seed: 0x5eed,
@@ -193,6 +204,8 @@ pub struct Consul {
     pub(crate) state: State,
     /// Fault: no raft leader; every request but `/v1/status/*` fails with 500.
     pub(crate) leader_lost: bool,
+    /// The undo log of the transaction being applied, if any.
+    pub(crate) txn: Option<txn::UndoLog>,
 }
 
 impl Consul {
@@ -202,6 +215,7 @@ impl Consul {
             state: State { rng: config.seed | 1, ..Default::default() },
             config,
             leader_lost: false,
+            txn: None,
         };
         let node = c.config.node_name.clone();
         let address = c.config.node_address.clone();
@@ -235,6 +249,12 @@ impl Consul {
         self.state.index
     }
 
+    /// Mixes `seed` into the random generator (session ids, jitter). An agent seeded from
+    /// OS randomness calls it after restoring a snapshot, so ids never repeat across runs.
+    pub fn reseed(&mut self, seed: u64) {
+        self.state.rng = (self.state.rng ^ seed.rotate_left(17)) | 1;
+    }
+
     /// A pseudo-random number (xorshift64*), seeded by the config.
     pub(crate) fn random(&mut self) -> u64 {
         let mut x = self.state.rng;
@@ -245,15 +265,17 @@ impl Consul {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// A UUID-shaped id from the seeded generator.
+    /// A session id from the seeded generator: 128 random bits written as a UUID, as
+    /// Consul's `go-uuid` does (no version or variant bits: real ids look like
+    /// `78898041-3fe5-6ea5-d217-b43f4fe01ba6`).
     pub(crate) fn uuid(&mut self) -> String {
         let (a, b) = (self.random(), self.random());
         format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
             a >> 32,
             (a >> 16) & 0xffff,
-            a & 0x0fff,
-            (b >> 48) & 0x3fff | 0x8000,
+            a & 0xffff,
+            b >> 48,
             b & 0xffff_ffff_ffff
         )
     }
@@ -283,7 +305,9 @@ impl Consul {
             // A read that found nothing (404 with an index) blocks like any other read:
             // Consul wakes it when the key appears.
             Err(e) => match (e.index, wait) {
-                (Some(index), Some((min_index, wait))) if block && index <= min_index => {
+                (Some(index), Some((min_index, wait)))
+                    if block && e.status == StatusCode::NOT_FOUND && index <= min_index =>
+                {
                     return self.park(now, wait);
                 }
                 _ => return Outcome::Done(e.into_response()),
@@ -307,14 +331,14 @@ impl Consul {
         let path = t.path.as_str();
         let m = &req.method;
         if let Some(key) = path.strip_prefix("/v1/kv/") {
-            return self.kv_endpoint(now, m, key, t, &req.body);
+            return self.kv_endpoint(now, m, key, t, req);
         }
         if path == "/v1/kv" {
             return Err(ApiError::bad_request("Missing key name"));
         }
         if path == "/v1/txn" {
             expect(m, &Method::PUT, path)?;
-            return self.txn_endpoint(now, t, &req.body);
+            return self.txn_endpoint(now, &req.body);
         }
         if let Some(rest) = path.strip_prefix("/v1/session/") {
             return self.session_endpoint(now, m, rest, t, &req.body);
@@ -348,17 +372,6 @@ impl Consul {
 
     fn leader_addr(&self) -> String {
         format!("{}:8300", self.config.node_address)
-    }
-
-    /// Parks a blocking read until the index moves or `wait` (plus up to wait/16 of
-    /// jitter, as Consul adds) passes.
-    fn park(&mut self, now: SimTime, wait: Duration) -> Outcome {
-        let jitter = if wait.is_zero() {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(self.random() % (wait.as_nanos() as u64 / 16 + 1))
-        };
-        Outcome::Blocked { index: self.index(), deadline: now.after(wait + jitter) }
     }
 
     /// Runs every timer due by `now`: session TTLs, check TTLs, lock-delays, reaping.
@@ -437,22 +450,6 @@ impl Consul {
     }
 }
 
-/// `?index` and `?wait` of a blocking read: `None` when the query does not block.
-fn blocking_params(t: &Target) -> Result<Option<(u64, Duration)>, String> {
-    let Some(index) = t.param("index") else { return Ok(None) };
-    let index: u64 =
-        index.parse().map_err(|_| format!("Invalid index {index:?}: not a whole number"))?;
-    let wait = match t.param("wait") {
-        None | Some("") => Duration::from_secs(300),
-        Some(w) => consul_api::types::parse_duration(w)
-            .ok_or_else(|| format!("Invalid wait time {w:?}"))?,
-    };
-    if index == 0 {
-        return Ok(None);
-    }
-    Ok(Some((index, wait.min(Duration::from_secs(600)))))
-}
-
 /// What an endpoint produced: a read (blockable, carries an index) or a write.
 pub(crate) enum Reply {
     Read { index: u64, response: SimResponse },
@@ -483,11 +480,13 @@ pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
     index: Option<u64>,
+    /// `X-Consul-KnownLeader` for errors that carry query metadata.
+    known_leader: bool,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), index: None }
+        ApiError { status, message: message.into(), index: None, known_leader: true }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
@@ -495,13 +494,31 @@ impl ApiError {
     }
 
     pub(crate) fn not_found_at(index: u64) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, message: String::new(), index: Some(index) }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: String::new(),
+            index: Some(index),
+            known_leader: true,
+        }
+    }
+
+    /// The same error with the query metadata Consul sends when a read's RPC failed before
+    /// it ran: `X-Consul-Index: 1`, `X-Consul-KnownLeader: false`.
+    pub(crate) fn with_failed_read_meta(mut self) -> ApiError {
+        self.index = Some(1);
+        self.known_leader = false;
+        self
     }
 
     fn into_response(self) -> SimResponse {
-        let resp = SimResponse::text(self.status, self.message);
+        // Go's net/http sets no Content-Type on an empty body (a 404 for a missing key).
+        let resp = if self.message.is_empty() {
+            SimResponse { status: self.status, headers: Vec::new(), body: Bytes::new() }
+        } else {
+            SimResponse::text(self.status, self.message)
+        };
         match self.index {
-            Some(i) => resp.with_index(i, true),
+            Some(i) => resp.with_index(i, self.known_leader),
             None => resp,
         }
     }
@@ -513,84 +530,4 @@ pub(crate) fn expect(actual: &Method, want: &Method, _path: &str) -> Result<(), 
     } else {
         Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed")))
     }
-}
-
-/// Decodes a JSON body as Consul's Go decoder does (first value; Go's error texts). `what`
-/// names the body in the log, not in the answer: Consul's answer names only the decoder error.
-pub(crate) fn json_body(body: &[u8], what: &str) -> Result<Value, ApiError> {
-    if body.is_empty() {
-        return Ok(Value::Null);
-    }
-    gojson::decode(body).map_err(|e| {
-        tracing::debug!(body = what, error = %e, "request body does not decode");
-        ApiError::bad_request(format!("Request decode failed: {e}"))
-    })
-}
-
-/// A field of a JSON object, matched case-insensitively as Consul's decoder does.
-pub(crate) fn field<'v>(obj: &'v Value, name: &str) -> Option<&'v Value> {
-    obj.as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_null())
-}
-
-pub(crate) fn str_field(obj: &Value, name: &str) -> Result<Option<String>, ApiError> {
-    match field(obj, name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(ApiError::bad_request(format!("{name} must be a string, got {other}"))),
-    }
-}
-
-/// A duration field: a Go string (`"10s"`) or integer nanoseconds.
-pub(crate) fn duration_field(obj: &Value, name: &str) -> Result<Option<Duration>, ApiError> {
-    match field(obj, name) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => consul_api::types::parse_duration(s)
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("{name}: invalid duration {s:?}"))),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(|n| Some(Duration::from_nanos(n)))
-            .ok_or_else(|| ApiError::bad_request(format!("{name}: invalid duration {n}"))),
-        Some(other) => Err(ApiError::bad_request(format!("{name}: invalid duration {other}"))),
-    }
-}
-
-/// Maps of string to string, as JSON (`Meta`).
-pub(crate) fn map_field(obj: &Value, name: &str) -> Result<BTreeMap<String, String>, ApiError> {
-    match field(obj, name) {
-        None => Ok(BTreeMap::new()),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(ApiError::bad_request(format!("{name}.{k} must be a string"))),
-            })
-            .collect(),
-        Some(_) => Err(ApiError::bad_request(format!("{name} must be an object"))),
-    }
-}
-
-/// A list of strings (`Tags`).
-pub(crate) fn strings_field(obj: &Value, name: &str) -> Result<Vec<String>, ApiError> {
-    match field(obj, name) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ApiError::bad_request(format!("{name} must hold strings")))
-            })
-            .collect(),
-        Some(_) => Err(ApiError::bad_request(format!("{name} must be a list"))),
-    }
-}
-
-pub(crate) fn to_map(m: &BTreeMap<String, String>) -> Value {
-    Value::Object(m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
 }

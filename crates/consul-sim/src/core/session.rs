@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    ApiError, Consul, Reply, SimTime, Target, duration_field, expect, field, json_body, str_field,
+    ApiError, Consul, Reply, SimTime, Target, duration_field, expect, field, go_kind, json_body,
+    str_field,
 };
 
 const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
@@ -24,8 +25,15 @@ pub(crate) struct SessionState {
     pub(crate) lock_delay: Duration,
     pub(crate) delete: bool,
     pub(crate) ttl: Option<Duration>,
+    /// The TTL exactly as the client sent it (`"10000ms"`, `"0s"`): Consul shows it as given.
+    #[serde(default)]
+    pub(crate) ttl_text: Option<String>,
     pub(crate) node_checks: Vec<String>,
     pub(crate) service_checks: Vec<String>,
+    /// The deprecated `Checks` list, kept apart as Consul keeps it (and bound like
+    /// `NodeChecks`).
+    #[serde(default)]
+    pub(crate) checks: Vec<String>,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
     pub(crate) renewed_at: SimTime,
@@ -38,20 +46,28 @@ impl SessionState {
     }
 
     fn json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "ID": self.id,
             "Name": self.name,
             "Node": self.node,
             "LockDelay": self.lock_delay.as_nanos() as u64,
             "Behavior": if self.delete { "delete" } else { "release" },
-            "TTL": self.ttl.map(consul_api::types::format_duration).unwrap_or_default(),
+            "TTL": match (&self.ttl_text, self.ttl) {
+                (Some(text), _) => text.clone(),
+                (None, Some(ttl)) => consul_api::types::format_duration(ttl),
+                (None, None) => String::new(),
+            },
             "NodeChecks": self.node_checks,
             "ServiceChecks": if self.service_checks.is_empty() { Value::Null } else {
                 Value::Array(self.service_checks.iter().map(|c| json!({"ID": c, "Namespace": ""})).collect())
             },
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
-        })
+        });
+        if let (false, Some(obj)) = (self.checks.is_empty(), v.as_object_mut()) {
+            obj.insert("Checks".into(), json!(self.checks));
+        }
+        v
     }
 }
 
@@ -96,6 +112,7 @@ impl Consul {
             "info" => {
                 expect(method, &Method::GET, &path)?;
                 require_id(arg)?;
+                check_uuid(arg).map_err(ApiError::with_failed_read_meta)?;
                 let found: Vec<Value> =
                     self.state.sessions.get(arg).map(|s| s.json()).into_iter().collect();
                 Ok(Reply::read_json(self.state.session_index, &Value::Array(found)))
@@ -134,32 +151,52 @@ impl Consul {
         if !self.state.nodes.contains_key(&node) {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("Missing node registration for {node:?}"),
+                "Missing node registration",
             ));
         }
-        let lock_delay = duration_field(&req, "LockDelay")?.unwrap_or(DEFAULT_LOCK_DELAY);
-        if lock_delay > MAX_LOCK_DELAY {
-            return Err(ApiError::bad_request(format!(
-                "Invalid Lock Delay {lock_delay:?}: must be at most 60s"
-            )));
-        }
+        let lock_delay = lock_delay_field(&req)?.unwrap_or(DEFAULT_LOCK_DELAY);
         let delete = match str_field(&req, "Behavior")?.as_deref() {
             None | Some("") | Some("release") => false,
             Some("delete") => true,
             Some(other) => {
-                return Err(ApiError::bad_request(format!("Invalid Behavior setting {other:?}")));
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("Invalid Behavior setting '{other}'"),
+                ));
             }
         };
-        let ttl = duration_field(&req, "TTL")?.filter(|d| !d.is_zero());
-        if let Some(ttl) = ttl
-            && !(self.config.session_ttl_min..=MAX_TTL).contains(&ttl)
-        {
-            return Err(ApiError::bad_request(format!(
-                "Invalid Session TTL '{}', must be between [{}=24h0m0s]",
-                consul_api::types::format_duration(ttl),
-                consul_api::types::format_duration(self.config.session_ttl_min)
-            )));
-        }
+        let ttl_text = match field(&req, "TTL") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "Request decode failed: json: cannot unmarshal {} into Go struct field .TTL of type string",
+                    go_kind(other)
+                )));
+            }
+        };
+        let ttl = match ttl_text.as_deref() {
+            None | Some("") => None,
+            Some(text) => {
+                let ttl = consul_api::types::parse_duration(text).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("Session TTL '{text}' invalid: {}", go_duration_error(text)),
+                    )
+                })?;
+                if !ttl.is_zero() && !(self.config.session_ttl_min..=MAX_TTL).contains(&ttl) {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!(
+                            "Invalid Session TTL '{}', must be between [{}=24h0m0s]",
+                            ttl.as_nanos(),
+                            go_duration(self.config.session_ttl_min)
+                        ),
+                    ));
+                }
+                Some(ttl).filter(|d| !d.is_zero())
+            }
+        };
         let list = |name: &str| -> Result<Option<Vec<String>>, ApiError> {
             match field(&req, name) {
                 None => Ok(None),
@@ -175,13 +212,11 @@ impl Consul {
                 Some(_) => Err(ApiError::bad_request(format!("{name} must be a list"))),
             }
         };
-        let legacy = list("Checks")?;
-        let node_checks = match (list("NodeChecks")?, legacy) {
-            (Some(n), Some(l)) => n.into_iter().chain(l).collect(),
-            (Some(n), None) => n,
-            (None, Some(l)) => l,
-            (None, None) => vec!["serfHealth".to_string()],
-        };
+        // NodeChecks defaults to serfHealth whatever the deprecated Checks says; Checks is kept
+        // apart, except ["serfHealth"] alone (the old default), which Consul drops.
+        let node_checks = list("NodeChecks")?.unwrap_or_else(|| vec!["serfHealth".to_string()]);
+        let checks = list("Checks")?.unwrap_or_default();
+        let checks = if checks == ["serfHealth"] { Vec::new() } else { checks };
         let service_checks: Vec<String> = match field(&req, "ServiceChecks") {
             None => Vec::new(),
             Some(Value::Array(a)) => a
@@ -193,7 +228,7 @@ impl Consul {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(ApiError::bad_request("ServiceChecks must be a list")),
         };
-        for id in node_checks.iter().chain(&service_checks) {
+        for id in node_checks.iter().chain(&checks).chain(&service_checks) {
             match self.state.checks.get(&(node.clone(), id.clone())) {
                 None => {
                     return Err(ApiError::new(
@@ -222,8 +257,10 @@ impl Consul {
                 lock_delay,
                 delete,
                 ttl,
+                ttl_text,
                 node_checks,
                 service_checks,
+                checks,
                 create_index: index,
                 modify_index: index,
                 renewed_at: now,
@@ -254,8 +291,10 @@ impl Consul {
                 e.modify_index = index;
             }
             self.state.kv_index = index;
-            if !session.lock_delay.is_zero() {
-                self.state.lock_delays.insert(key, at.after(session.lock_delay));
+            // Consul stores any LockDelay but never enforces more than 60 s.
+            let delay = session.lock_delay.min(MAX_LOCK_DELAY);
+            if !delay.is_zero() {
+                self.state.lock_delays.insert(key, at.after(delay));
             }
         }
     }
@@ -283,6 +322,7 @@ impl Consul {
             .filter(|s| {
                 s.node == node
                     && (s.node_checks.iter().any(|c| c == id)
+                        || s.checks.iter().any(|c| c == id)
                         || s.service_checks.iter().any(|c| c == id))
             })
             .map(|s| s.id.clone())
@@ -294,6 +334,78 @@ impl Consul {
         let known = self.state.sessions.contains_key(id);
         self.invalidate_session(now, id);
         known
+    }
+}
+
+/// Consul's session table is indexed by UUID: any other id fails the lookup with a 500.
+pub(crate) fn check_uuid(id: &str) -> Result<(), ApiError> {
+    if id.len() == 36 {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed session lookup: index error: UUID must be 36 characters",
+        ))
+    }
+}
+
+/// `LockDelay`: a Go duration string, or a number read as seconds below 1000 and as
+/// nanoseconds from 1000 on (Consul's `FixupLockDelay`).
+fn lock_delay_field(req: &Value) -> Result<Option<Duration>, ApiError> {
+    match field(req, "LockDelay") {
+        Some(Value::Number(n)) => {
+            let n = n.as_f64().unwrap_or_default();
+            if n < 0.0 {
+                return Ok(Some(Duration::ZERO));
+            }
+            Ok(Some(if n < 1000.0 {
+                Duration::from_secs_f64(n)
+            } else {
+                Duration::from_nanos(n as u64)
+            }))
+        }
+        _ => duration_field(req, "LockDelay"),
+    }
+}
+
+/// Go's `time.ParseDuration` error for a string it rejects.
+pub(crate) fn go_duration_error(text: &str) -> String {
+    let digits = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if digits {
+        format!("time: missing unit in duration \"{text}\"")
+    } else {
+        format!("time: invalid duration \"{text}\"")
+    }
+}
+
+/// A duration as Go's `Duration.String` writes it: `10s`, `1m0s`, `24h0m0s`, `500ms`.
+pub(crate) fn go_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    if nanos < 1_000_000_000 {
+        let (unit, div) = if nanos < 1_000 {
+            ("ns", 1f64)
+        } else if nanos < 1_000_000 {
+            ("µs", 1e3)
+        } else {
+            ("ms", 1e6)
+        };
+        return format!("{}{unit}", nanos as f64 / div);
+    }
+    let secs = d.as_secs();
+    let frac = d.subsec_nanos();
+    let s = if frac == 0 {
+        format!("{}s", secs % 60)
+    } else {
+        let f = format!("{:09}", frac);
+        format!("{}.{}s", secs % 60, f.trim_end_matches('0'))
+    };
+    match (secs / 3600, (secs / 60) % 60) {
+        (0, 0) => s,
+        (0, m) => format!("{m}m{s}"),
+        (h, m) => format!("{h}h{m}m{s}"),
     }
 }
 
