@@ -7,6 +7,9 @@
 //! the same inputs always give the same outputs.
 
 mod agent;
+mod catalog;
+mod checks;
+mod health;
 mod kv;
 mod request;
 mod session;
@@ -21,7 +24,8 @@ use serde_json::{Value, json};
 
 pub use request::{SimRequest, Target};
 
-pub(crate) use agent::{CheckKind, CheckState, ServiceState};
+pub(crate) use catalog::ServiceState;
+pub(crate) use checks::{CheckKind, CheckState};
 pub(crate) use kv::KvEntry;
 pub(crate) use session::SessionState;
 
