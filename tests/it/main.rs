@@ -8,6 +8,7 @@ mod locks;
 mod rs_consul;
 mod shards;
 mod sim_agent;
+mod sim_catalog;
 mod sim_model;
 mod sim_wire;
 mod support;

@@ -1,4 +1,5 @@
-//! `/v1/agent`: the local agent's services, checks, members and configuration.
+//! `/v1/agent`: the local agent's services, checks, members, maintenance mode and
+//! configuration.
 
 use std::collections::BTreeSet;
 
@@ -6,15 +7,113 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::checks::valid_status;
+use super::catalog::{CONSUL_SERVICE, SERVER_PORT};
+use super::checks::{NODE_MAINT, SERVICE_MAINT_PREFIX, is_maintenance, valid_status};
 use super::{
-    ApiError, Consul, Reply, ServiceState, SimTime, Target, expect, field, json_body, map_field,
-    str_field, strings_field, to_map,
+    ApiError, CheckKind, CheckState, Consul, Reply, ServiceState, SimResponse, SimTime, Target,
+    expect, json_body, str_field, to_map,
 };
+
+/// The Consul version the sim answers as.
+pub(crate) const VERSION: &str = "1.8.7";
+
+/// Serf's LAN and WAN ports of the agent (Consul's defaults).
+const SERF_LAN_PORT: u16 = 8301;
+const SERF_WAN_PORT: u16 = 8302;
+
+/// Consul's answer to most agent writes: 200 with an empty body.
+fn empty_ok() -> Reply {
+    Reply::write(SimResponse { status: StatusCode::OK, headers: Vec::new(), body: Bytes::new() })
+}
+
+/// A 64-bit FNV-1a hash, printed as Consul prints its content hashes (16 hex digits).
+fn content_hash(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+/// The worst status of a service's checks, as Go's `HealthChecks.AggregatedStatus`:
+/// maintenance, then critical, warning, passing (also for no checks).
+fn aggregated_status<'a>(checks: impl IntoIterator<Item = &'a CheckState>) -> &'static str {
+    let (mut maint, mut critical, mut warning) = (false, false, false);
+    for c in checks {
+        if is_maintenance(&c.id) {
+            maint = true;
+        } else if c.status == "critical" {
+            critical = true;
+        } else if c.status == "warning" {
+            warning = true;
+        }
+    }
+    match (maint, critical, warning) {
+        (true, _, _) => "maintenance",
+        (_, true, _) => "critical",
+        (_, _, true) => "warning",
+        _ => "passing",
+    }
+}
+
+/// The HTTP status of `agent/health/service/*` for an aggregated status.
+fn health_code(status: &str) -> StatusCode {
+    match status {
+        "passing" => StatusCode::OK,
+        "warning" => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// An answer of `agent/health/service/*`: JSON or, with `?format=text`, the status alone.
+fn health_response(code: StatusCode, reason: &str, body: &Value, text: bool) -> Reply {
+    let (content_type, body) = if text {
+        ("text/plain", Bytes::from(reason.to_string()))
+    } else {
+        ("application/json", Bytes::from(body.to_string()))
+    };
+    Reply::write(SimResponse {
+        status: code,
+        headers: vec![("Content-Type", content_type.into()), ("X-Consul-Reason", reason.into())],
+        body,
+    })
+}
+
+/// `?enable=` of the maintenance endpoints.
+fn enable_param(t: &Target) -> Result<bool, ApiError> {
+    match t.param("enable") {
+        None | Some("") => Err(ApiError::bad_request("Missing value for enable")),
+        Some(v) => match v {
+            "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+            "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+            _ => Err(ApiError::bad_request(format!("Invalid value for enable: {v:?}"))),
+        },
+    }
+}
 
 impl Consul {
     pub(crate) fn agent_node(&self) -> String {
         self.config.node_name.clone()
+    }
+
+    /// The services of the agent's own node, without the server's `consul` service (which
+    /// Consul registers in the catalog, not in the agent).
+    fn agent_services(&self) -> impl Iterator<Item = &ServiceState> {
+        let node = &self.config.node_name;
+        self.state
+            .services
+            .iter()
+            .filter(move |((n, id), _)| n == node && id != CONSUL_SERVICE)
+            .map(|(_, s)| s)
+    }
+
+    /// The checks of the agent's own node, without `serfHealth` (a catalog-only check).
+    fn agent_checks(&self) -> impl Iterator<Item = &CheckState> {
+        let node = &self.config.node_name;
+        self.state
+            .checks
+            .iter()
+            .filter(move |((n, _), c)| n == node && c.id != "serfHealth")
+            .map(|(_, c)| c)
     }
 
     pub(crate) fn agent_endpoint(
@@ -32,40 +131,73 @@ impl Consul {
             ["service", "register"] => {
                 expect(method, &Method::PUT, &path)?;
                 self.register_service(now, &node, body)?;
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
             }
             ["service", "deregister", id] => {
                 expect(method, &Method::PUT, &path)?;
+                // Consul 1.8.7 answers 200 for an unknown id too.
+                if self.state.services.contains_key(&(node.clone(), id.to_string())) {
+                    self.deregister_service(now, &node, id);
+                }
+                Ok(empty_ok())
+            }
+            ["service", "maintenance", id] => {
+                expect(method, &Method::PUT, &path)?;
+                let enable = enable_param(t)?;
                 if !self.state.services.contains_key(&(node.clone(), id.to_string())) {
                     return Err(ApiError::new(
                         StatusCode::NOT_FOUND,
-                        format!("Unknown service ID {id:?}"),
+                        format!("No service registered with ID {id:?}"),
                     ));
                 }
-                self.deregister_service(now, &node, id);
-                Ok(Reply::json(&Value::Null))
+                let check_id = format!("{SERVICE_MAINT_PREFIX}{id}");
+                let reason = t.param("reason").filter(|r| !r.is_empty()).unwrap_or(
+                    "Maintenance mode is enabled for this service, but no reason was provided. \
+                     This is a default message.",
+                );
+                self.set_maintenance(
+                    now,
+                    &node,
+                    check_id,
+                    "Service Maintenance Mode",
+                    id,
+                    reason,
+                    enable,
+                );
+                Ok(empty_ok())
+            }
+            ["service", id] => {
+                expect(method, &Method::GET, &path)?;
+                let Some(s) = self.state.services.get(&(node.clone(), id.to_string())) else {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("unknown service ID: {id}"),
+                    ));
+                };
+                let mut v = self.agent_service_json(s);
+                let hash = content_hash(v.to_string().as_bytes());
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("ContentHash".into(), json!(hash));
+                }
+                let mut resp = SimResponse::json(StatusCode::OK, &v);
+                resp.headers.push(("X-Consul-ContentHash", hash));
+                Ok(Reply::write(resp))
             }
             ["services"] => {
                 expect(method, &Method::GET, &path)?;
                 let map: serde_json::Map<String, Value> = self
-                    .state
-                    .services
-                    .iter()
-                    .filter(|((n, _), _)| *n == node)
-                    .map(|((_, id), s)| (id.clone(), self.service_json(s)))
+                    .agent_services()
+                    .map(|s| (s.id.clone(), self.agent_service_json(s)))
                     .collect();
-                Ok(Reply::read_json(self.state.catalog_index, &Value::Object(map)))
+                Ok(Reply::json(&Value::Object(map)))
             }
             ["checks"] => {
                 expect(method, &Method::GET, &path)?;
                 let map: serde_json::Map<String, Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|((n, _), c)| *n == node && c.id != "serfHealth")
-                    .map(|((n, id), c)| (id.clone(), self.check_json(n, c)))
+                    .agent_checks()
+                    .map(|c| (c.id.clone(), self.agent_check_json(&node, c)))
                     .collect();
-                Ok(Reply::read_json(self.state.catalog_index, &Value::Object(map)))
+                Ok(Reply::json(&Value::Object(map)))
             }
             ["check", "register"] => {
                 expect(method, &Method::PUT, &path)?;
@@ -81,21 +213,18 @@ impl Consul {
                 }
                 let check = self.parse_check(now, &def, &service_id, None)?;
                 self.put_check(now, &node, check);
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
             }
             ["check", "deregister", id] => {
                 expect(method, &Method::PUT, &path)?;
-                if self.state.checks.remove(&(node.clone(), id.to_string())).is_none() {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!("Unknown check ID {id:?}"),
-                    ));
+                // Consul 1.8.7 answers 200 for an unknown id too.
+                if self.state.checks.remove(&(node.clone(), id.to_string())).is_some() {
+                    for s in self.sessions_bound_to(&node, id) {
+                        self.invalidate_session(now, &s);
+                    }
+                    self.state.catalog_index = self.bump();
                 }
-                for s in self.sessions_bound_to(&node, id) {
-                    self.invalidate_session(now, &s);
-                }
-                self.state.catalog_index = self.bump();
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
             }
             ["check", verb @ ("pass" | "warn" | "fail"), id] => {
                 expect(method, &Method::PUT, &path)?;
@@ -106,7 +235,7 @@ impl Consul {
                 };
                 let note = t.param("note").unwrap_or_default().to_string();
                 self.update_ttl(now, &node, id, status, &note)?;
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
             }
             ["check", "update", id] => {
                 expect(method, &Method::PUT, &path)?;
@@ -117,23 +246,38 @@ impl Consul {
                 }
                 let output = str_field(&upd, "Output")?.unwrap_or_default();
                 self.update_ttl(now, &node, id, &status, &output)?;
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
+            }
+            ["maintenance"] => {
+                expect(method, &Method::PUT, &path)?;
+                let enable = enable_param(t)?;
+                let reason = t.param("reason").filter(|r| !r.is_empty()).unwrap_or(
+                    "Maintenance mode is enabled for this node, but no reason was provided. This \
+                     is a default message.",
+                );
+                self.set_maintenance(
+                    now,
+                    &node,
+                    NODE_MAINT.into(),
+                    "Node Maintenance Mode",
+                    "",
+                    reason,
+                    enable,
+                );
+                Ok(empty_ok())
+            }
+            ["health", "service", rest] => {
+                expect(method, &Method::GET, &path)?;
+                let text = t.param("format") == Some("text");
+                match rest.split_once('/') {
+                    Some(("id", id)) => Ok(self.agent_health_by_id(&node, id, text)),
+                    Some(("name", name)) => Ok(self.agent_health_by_name(&node, name, text)),
+                    _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+                }
             }
             ["self"] => {
                 expect(method, &Method::GET, &path)?;
-                let n = &self.state.nodes[&node];
-                Ok(Reply::json(&json!({
-                    "Config": {
-                        "Datacenter": self.config.datacenter,
-                        "NodeName": node,
-                        "NodeID": n.id,
-                        "Server": true,
-                        "Revision": "consul-sim",
-                        "Version": "1.20.0",
-                    },
-                    "Member": self.member_json(),
-                    "Meta": {"consul-network-segment": ""},
-                })))
+                Ok(Reply::json(&self.agent_self_json()))
             }
             ["members"] => {
                 expect(method, &Method::GET, &path)?;
@@ -143,13 +287,249 @@ impl Consul {
         }
     }
 
+    /// Adds or removes a maintenance check (critical, type `maintenance`).
+    #[allow(clippy::too_many_arguments)]
+    fn set_maintenance(
+        &mut self,
+        now: SimTime,
+        node: &str,
+        check_id: String,
+        name: &str,
+        service_id: &str,
+        reason: &str,
+        enable: bool,
+    ) {
+        let key = (node.to_string(), check_id.clone());
+        if !enable {
+            if self.state.checks.remove(&key).is_some() {
+                self.state.catalog_index = self.bump();
+            }
+            return;
+        }
+        if self.state.checks.contains_key(&key) {
+            return;
+        }
+        let check = CheckState {
+            id: check_id,
+            name: name.to_string(),
+            service_id: service_id.to_string(),
+            status: "critical".into(),
+            output: String::new(),
+            notes: reason.to_string(),
+            kind: CheckKind::Manual,
+            ttl_expires: None,
+            critical_since: None,
+            deregister_after: None,
+            next_run: None,
+            create_index: 0,
+            modify_index: 0,
+        };
+        self.put_check(now, node, check);
+    }
+
+    /// The checks of one agent service as `agent/health/service/*` prints them: Go's
+    /// `api.HealthCheck` with a zero `Definition` and no `Type`.
+    fn agent_health_checks(&self, node: &str, service_id: &str) -> (Vec<&CheckState>, Value) {
+        let checks: Vec<&CheckState> =
+            self.agent_checks().filter(|c| c.service_id == service_id).collect();
+        let json: Vec<Value> = checks
+            .iter()
+            .map(|c| {
+                let mut v = self.agent_check_json(node, c);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("Type".into(), json!(""));
+                    o.insert(
+                        "Definition".into(),
+                        json!({
+                            "Interval": "0s",
+                            "Timeout": "0s",
+                            "DeregisterCriticalServiceAfter": "0s",
+                            "HTTP": "",
+                            "Header": null,
+                            "Method": "",
+                            "Body": "",
+                            "TLSSkipVerify": false,
+                            "TCP": "",
+                        }),
+                    );
+                }
+                v
+            })
+            .collect();
+        (checks, Value::Array(json))
+    }
+
+    fn agent_health_by_id(&self, node: &str, id: &str, text: bool) -> Reply {
+        let Some(s) = self.agent_services().find(|s| s.id == id) else {
+            let reason = format!("ServiceId {id} not found");
+            // Consul 1.8.7 answers `?format=text` here with the reason as a JSON string.
+            let body = if text {
+                json!(reason)
+            } else {
+                json!({"AggregatedStatus": "critical", "Service": null, "Checks": null})
+            };
+            return health_response(StatusCode::NOT_FOUND, &reason, &body, false);
+        };
+        let (checks, checks_json) = self.agent_health_checks(node, &s.id);
+        let status = aggregated_status(checks);
+        let body = json!({
+            "AggregatedStatus": status,
+            "Service": self.agent_service_json(s),
+            "Checks": checks_json,
+        });
+        health_response(health_code(status), status, &body, text)
+    }
+
+    fn agent_health_by_name(&self, node: &str, name: &str, text: bool) -> Reply {
+        let mut code = StatusCode::NOT_FOUND;
+        let mut reason = format!("ServiceName {name} Not Found");
+        let mut list = Vec::new();
+        for s in self.agent_services().filter(|s| s.name == name) {
+            let (checks, checks_json) = self.agent_health_checks(node, &s.id);
+            let status = aggregated_status(checks);
+            let scode = health_code(status);
+            // The worst status wins: passing 200 < warning 429 < critical 503.
+            if code == StatusCode::NOT_FOUND || code.as_u16() < scode.as_u16() {
+                code = scode;
+                reason = status.to_string();
+            }
+            list.push(json!({
+                "AggregatedStatus": status,
+                "Service": self.agent_service_json(s),
+                "Checks": checks_json,
+            }));
+        }
+        health_response(code, &reason, &Value::Array(list), text)
+    }
+
+    /// `agent/self`: the fields of Consul's answer that clients read.
+    fn agent_self_json(&self) -> Value {
+        let node = &self.config.node_name;
+        let id = self.state.nodes.get(node).map(|n| n.id.clone()).unwrap_or_default();
+        let address = &self.config.node_address;
+        let dc = &self.config.datacenter;
+        let ttl_min = if self.config.session_ttl_min == std::time::Duration::from_secs(10) {
+            "0s".to_string() // Consul prints the configured value; unset is "0s".
+        } else {
+            format!("{:?}", self.config.session_ttl_min)
+        };
+        let tagged: serde_json::Map<String, Value> = ["lan", "lan_ipv4", "wan", "wan_ipv4"]
+            .iter()
+            .map(|k| (k.to_string(), json!(address)))
+            .collect();
+        let services = self.agent_services().count();
+        let checks: Vec<&CheckState> = self.agent_checks().collect();
+        let ttls = checks.iter().filter(|c| matches!(c.kind, CheckKind::Ttl(_))).count();
+        let scripts = checks.iter().filter(|c| matches!(c.kind, CheckKind::Script { .. })).count();
+        let index = self.index().to_string();
+        json!({
+            "Config": {
+                "Datacenter": dc,
+                "NodeName": node,
+                "NodeID": id,
+                "Revision": "",
+                "Server": true,
+                "Version": VERSION,
+            },
+            "DebugConfig": {
+                "AdvertiseAddrLAN": address,
+                "AdvertiseAddrWAN": address,
+                "ACLsEnabled": false,
+                "BindAddr": address,
+                "Bootstrap": false,
+                "CheckDeregisterIntervalMin": "1m0s",
+                "CheckReapInterval": "30s",
+                "ConnectEnabled": false,
+                "Datacenter": dc,
+                "DefaultQueryTime": "5m0s",
+                "DevMode": true,
+                "DisableCoordinates": false,
+                "DNSDomain": "consul.",
+                "EnableLocalScriptChecks": self.config.enable_script_checks,
+                "EnableRemoteScriptChecks": self.config.enable_script_checks,
+                "GRPCPort": -1,
+                "KVMaxValueSize": self.config.max_value_size,
+                "MaxQueryTime": "10m0s",
+                "NodeID": id,
+                "NodeMeta": {},
+                "NodeName": node,
+                "PrimaryDatacenter": dc,
+                "Revision": "",
+                "SerfPortLAN": SERF_LAN_PORT,
+                "SerfPortWAN": SERF_WAN_PORT,
+                "ServerMode": true,
+                "ServerPort": SERVER_PORT,
+                "SessionTTLMin": ttl_min,
+                "TaggedAddresses": tagged,
+                "TxnMaxReqLen": 524_288,
+                "Version": VERSION,
+                "VersionPrerelease": "",
+            },
+            "Coord": coordinate(),
+            "Member": self.member_json(),
+            "Stats": {
+                "agent": {
+                    "check_monitors": scripts.to_string(),
+                    "check_ttls": ttls.to_string(),
+                    "checks": checks.len().to_string(),
+                    "services": services.to_string(),
+                },
+                "build": {"prerelease": "", "revision": "", "version": VERSION},
+                "consul": {
+                    "acl": "disabled",
+                    "bootstrap": "false",
+                    "known_datacenters": "1",
+                    "leader": (!self.leader_lost).to_string(),
+                    "leader_addr": if self.leader_lost { String::new() } else { self.leader_addr() },
+                    "server": "true",
+                },
+                "raft": {
+                    "applied_index": index,
+                    "commit_index": index,
+                    "last_log_index": index,
+                    "last_log_term": "2",
+                    "num_peers": "0",
+                    "protocol_version": "3",
+                    "state": if self.leader_lost { "Follower" } else { "Leader" },
+                    "term": "2",
+                },
+                "serf_lan": {"failed": "0", "left": "0", "members": "1"},
+                "serf_wan": {"failed": "0", "left": "0", "members": "1"},
+            },
+            "Meta": to_map(&self.state.nodes.get(node).map(|n| n.meta.clone()).unwrap_or_default()),
+        })
+    }
+
+    /// The agent as a serf member, as `agent/members` lists it.
     pub(crate) fn member_json(&self) -> Value {
+        let id =
+            self.state.nodes.get(&self.config.node_name).map(|n| n.id.clone()).unwrap_or_default();
         json!({
             "Name": self.config.node_name,
             "Addr": self.config.node_address,
-            "Port": 8301,
-            "Tags": {"role": "consul", "dc": self.config.datacenter, "port": "8300"},
+            "Port": SERF_LAN_PORT,
+            "Tags": {
+                "acls": "0",
+                "build": format!("{VERSION}:"),
+                "dc": self.config.datacenter,
+                "ft_fs": "1",
+                "id": id,
+                "port": SERVER_PORT.to_string(),
+                "raft_vsn": "3",
+                "role": "consul",
+                "segment": "",
+                "vsn": "2",
+                "vsn_max": "3",
+                "vsn_min": "2",
+                "wan_join_port": SERF_WAN_PORT.to_string(),
+            },
             "Status": 1,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
         })
     }
 
@@ -160,28 +540,13 @@ impl Consul {
         body: &Bytes,
     ) -> Result<(), ApiError> {
         let def = json_body(body, "service")?;
-        if !def.is_object() {
-            return Err(ApiError::bad_request(
-                "Request decode failed: the service must be a JSON object",
-            ));
-        }
-        let name = str_field(&def, "Name")?
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing service name"))?;
-        let id = str_field(&def, "ID")?.filter(|n| !n.is_empty()).unwrap_or_else(|| name.clone());
-        let port = match field(&def, "Port") {
-            None => 0,
-            Some(v) => v
-                .as_u64()
-                .filter(|p| *p <= u64::from(u16::MAX))
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid Port {v}")))?
-                as u16,
-        };
+        let mut service = ServiceState::parse(&def, "Name")?;
+        let (id, name) = (service.id.clone(), service.name.clone());
         let mut defs: Vec<&Value> = Vec::new();
-        if let Some(c) = field(&def, "Check") {
+        if let Some(c) = super::field(&def, "Check") {
             defs.push(c);
         }
-        match field(&def, "Checks") {
+        match super::field(&def, "Checks") {
             None => {}
             Some(Value::Array(a)) => defs.extend(a.iter()),
             Some(_) => return Err(ApiError::bad_request("Checks must be a list")),
@@ -199,27 +564,18 @@ impl Consul {
         }
         let key = (node.to_string(), id.clone());
         let index = self.bump();
-        let create_index = self.state.services.get(&key).map_or(index, |s| s.create_index);
-        self.state.services.insert(
-            key,
-            ServiceState {
-                id: id.clone(),
-                name,
-                tags: strings_field(&def, "Tags")?,
-                address: str_field(&def, "Address")?.unwrap_or_default(),
-                port,
-                meta: map_field(&def, "Meta")?,
-                create_index,
-                modify_index: index,
-            },
-        );
-        // Re-registering replaces the service's checks.
+        service.create_index = self.state.services.get(&key).map_or(index, |s| s.create_index);
+        service.modify_index = index;
+        self.state.services.insert(key, service);
+        // Re-registering replaces the service's checks (maintenance mode stays).
         let keep: BTreeSet<String> = checks.iter().map(|c| c.id.clone()).collect();
         let stale: Vec<String> = self
             .state
             .checks
             .iter()
-            .filter(|((n, cid), c)| n == node && c.service_id == id && !keep.contains(cid))
+            .filter(|((n, cid), c)| {
+                n == node && c.service_id == id && !keep.contains(cid) && !is_maintenance(cid)
+            })
             .map(|((_, cid), _)| cid.clone())
             .collect();
         for cid in stale {
@@ -250,17 +606,38 @@ impl Consul {
         self.state.catalog_index = self.bump();
     }
 
-    pub(crate) fn service_json(&self, s: &ServiceState) -> Value {
-        json!({
+    /// A service as the agent prints it (`agent/services`, `agent/service/:id`).
+    pub(crate) fn agent_service_json(&self, s: &ServiceState) -> Value {
+        let mut v = json!({
             "ID": s.id,
             "Service": s.name,
             "Tags": s.tags,
             "Meta": to_map(&s.meta),
             "Port": s.port,
             "Address": s.address,
-            "Weights": {"Passing": 1, "Warning": 1},
-            "EnableTagOverride": false,
-            "Datacenter": self.config.datacenter,
-        })
+            "Weights": s.weights_json(),
+            "EnableTagOverride": s.enable_tag_override,
+        });
+        if !s.tagged_addresses.is_empty()
+            && let Some(o) = v.as_object_mut()
+        {
+            o.insert("TaggedAddresses".into(), s.tagged_addresses_json());
+        }
+        v
     }
+
+    /// A check as the agent prints it: the agent's local copy has no raft indexes.
+    fn agent_check_json(&self, node: &str, c: &CheckState) -> Value {
+        let mut v = self.check_json(node, c);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("CreateIndex".into(), json!(0));
+            o.insert("ModifyIndex".into(), json!(0));
+        }
+        v
+    }
+}
+
+/// The network coordinate of a fresh single-node cluster (Serf's origin).
+pub(crate) fn coordinate() -> Value {
+    json!({"Vec": [0, 0, 0, 0, 0, 0, 0, 0], "Error": 1.5, "Adjustment": 0, "Height": 1e-5})
 }

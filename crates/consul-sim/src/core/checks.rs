@@ -32,7 +32,18 @@ pub enum CheckKind {
         /// Timeout of one run.
         timeout: Duration,
     },
-    /// The node's gossip health (`serfHealth`), or a check with no runner.
+    /// A command (`Args`) run every `interval`: exit 0 passing, 1 warning, else critical.
+    /// Only registered when the agent enables script checks.
+    Script {
+        /// The command and its arguments.
+        args: Vec<String>,
+        /// How often.
+        interval: Duration,
+        /// Timeout of one run.
+        timeout: Duration,
+    },
+    /// The node's gossip health (`serfHealth`), maintenance mode, or a check with no
+    /// runner.
     Manual,
 }
 
@@ -40,7 +51,9 @@ impl CheckKind {
     /// The run interval of an HTTP or TCP check.
     pub fn interval(&self) -> Option<Duration> {
         match self {
-            CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => Some(*interval),
+            CheckKind::Http { interval, .. }
+            | CheckKind::Tcp { interval, .. }
+            | CheckKind::Script { interval, .. } => Some(*interval),
             _ => None,
         }
     }
@@ -50,6 +63,7 @@ impl CheckKind {
             CheckKind::Ttl(_) => "ttl",
             CheckKind::Http { .. } => "http",
             CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Script { .. } => "script",
             CheckKind::Manual => "",
         }
     }
@@ -93,6 +107,17 @@ impl CheckState {
     }
 }
 
+/// The id of the node's maintenance check.
+pub(crate) const NODE_MAINT: &str = "_node_maintenance";
+
+/// The prefix of a service's maintenance check id.
+pub(crate) const SERVICE_MAINT_PREFIX: &str = "_service_maintenance:";
+
+/// True for the checks that maintenance mode adds.
+pub(crate) fn is_maintenance(id: &str) -> bool {
+    id == NODE_MAINT || id.starts_with(SERVICE_MAINT_PREFIX)
+}
+
 pub(crate) fn valid_status(s: &str) -> bool {
     matches!(s, "passing" | "warning" | "critical")
 }
@@ -133,10 +158,32 @@ impl Consul {
         let ttl = duration_field(def, "TTL")?;
         let http = str_field(def, "HTTP")?.filter(|s| !s.is_empty());
         let tcp = str_field(def, "TCP")?.filter(|s| !s.is_empty());
+        let args = super::strings_field(def, "Args")?;
+        if !args.is_empty() && !self.config.enable_script_checks {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Scripts are disabled on this agent from remote calls; to enable, configure \
+                 'enable_script_checks' to true",
+            ));
+        }
         // Like Consul's agent, an interval under its 1 s minimum is raised to it.
         let interval = duration_field(def, "Interval")?.map(|i| i.max(Duration::from_secs(1)));
         let timeout = duration_field(def, "Timeout")?.unwrap_or(Duration::from_secs(10));
         let kind = match (ttl, http, tcp) {
+            (None, None, None) if !args.is_empty() => CheckKind::Script {
+                args,
+                interval: interval.ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "check {id:?}: Interval is required for script checks"
+                    ))
+                })?,
+                timeout: duration_field(def, "Timeout")?.unwrap_or(Duration::from_secs(30)),
+            },
+            _ if !args.is_empty() => {
+                return Err(ApiError::bad_request(format!(
+                    "check {id:?}: only one of Args, TTL, HTTP or TCP may be given"
+                )));
+            }
             (Some(ttl), None, None) => CheckKind::Ttl(ttl),
             (None, Some(url), None) => CheckKind::Http {
                 url,
@@ -158,7 +205,7 @@ impl Consul {
             },
             (None, None, None) => {
                 return Err(ApiError::bad_request(format!(
-                    "check {id:?}: one of TTL, HTTP or TCP is required"
+                    "check {id:?}: one of Args, TTL, HTTP or TCP is required"
                 )));
             }
             _ => {
@@ -169,12 +216,20 @@ impl Consul {
         };
         let deregister_after = duration_field(def, "DeregisterCriticalServiceAfter")?;
         let deregister_after = deregister_after.map(|d| d.max(Duration::from_secs(60)));
-        let status = str_field(def, "Status")?
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "critical".into());
-        if !valid_status(&status) {
+        let given = str_field(def, "Status")?.filter(|s| !s.is_empty());
+        if let Some(status) = &given
+            && !valid_status(status)
+        {
             return Err(ApiError::bad_request(format!("check {id:?}: invalid Status {status:?}")));
         }
+        // Re-registering a check without a Status keeps its current status and output, as
+        // Consul's agent does.
+        let existing = self.state.checks.get(&(self.config.node_name.clone(), id.clone()));
+        let (status, output) = match (given, existing) {
+            (Some(s), _) => (s, String::new()),
+            (None, Some(c)) => (c.status.clone(), c.output.clone()),
+            (None, None) => ("critical".to_string(), String::new()),
+        };
         Ok(CheckState {
             ttl_expires: match kind {
                 CheckKind::Ttl(ttl) => Some(now.after(ttl)),
@@ -184,7 +239,7 @@ impl Consul {
             name: str_field(def, "Name")?.unwrap_or_default(),
             notes: str_field(def, "Notes")?.unwrap_or_default(),
             service_id: service_id.to_string(),
-            output: String::new(),
+            output,
             status,
             kind,
             id,
@@ -204,8 +259,12 @@ impl Consul {
         output: &str,
     ) -> Result<(), ApiError> {
         match self.state.checks.get(&(node.to_string(), id.to_string())) {
-            None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("Unknown check ID {id:?}"))),
+            // Consul 1.8.7 answers an unknown check like a check without a TTL.
             Some(c) if !matches!(c.kind, CheckKind::Ttl(_)) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("CheckID {id:?} does not have associated TTL"),
+            )),
+            None => Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("CheckID {id:?} does not have associated TTL"),
             )),
@@ -304,7 +363,8 @@ impl Consul {
             "ServiceID": c.service_id,
             "ServiceName": service.map(|s| s.name.clone()).unwrap_or_default(),
             "ServiceTags": service.map(|s| s.tags.clone()).unwrap_or_default(),
-            "Type": c.kind.type_name(),
+            "Type": if is_maintenance(&c.id) { "maintenance" } else { c.kind.type_name() },
+            "Definition": {},
             "CreateIndex": c.create_index,
             "ModifyIndex": c.modify_index,
         })

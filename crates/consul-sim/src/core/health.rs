@@ -13,22 +13,26 @@ impl Consul {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found"));
         }
         let checks_of = |node: &str, service: Option<&str>| -> Vec<&CheckState> {
-            self.state
+            let mut checks = self
+                .state
                 .checks
                 .iter()
                 .filter(|((n, _), c)| {
                     n == node && (c.service_id.is_empty() || Some(c.service_id.as_str()) == service)
                 })
                 .map(|(_, c)| c)
-                .collect()
+                .collect::<Vec<_>>();
+            // Consul lists the node's checks before the service's.
+            checks.sort_by_key(|c| !c.service_id.is_empty());
+            checks
         };
         match verb {
             "service" => {
-                let tag = t.param("tag");
+                let tags = super::catalog::tags_param(t);
                 let passing = t.flag("passing");
                 let mut list = Vec::new();
                 for ((node, _), s) in &self.state.services {
-                    if s.name != arg || tag.is_some_and(|tag| !s.tags.iter().any(|x| x == tag)) {
+                    if s.name != arg || !s.has_tags(&tags) {
                         continue;
                     }
                     let checks = checks_of(node, Some(&s.id));
@@ -36,18 +40,14 @@ impl Consul {
                         continue;
                     }
                     let Some(n) = self.state.nodes.get(node) else { continue };
-                    let mut service = self.service_json(s);
-                    if let Some(o) = service.as_object_mut() {
-                        o.insert("CreateIndex".into(), json!(s.create_index));
-                        o.insert("ModifyIndex".into(), json!(s.modify_index));
-                    }
+                    let service = self.node_service_json(s);
                     list.push(json!({
                         "Node": self.node_json(node, n),
                         "Service": service,
                         "Checks": checks.iter().map(|c| self.check_json(node, c)).collect::<Vec<_>>(),
                     }));
                 }
-                Ok(Reply::read_json(index, &Value::Array(list)))
+                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
             }
             "checks" => {
                 let list: Vec<Value> = self
@@ -62,7 +62,7 @@ impl Consul {
                     })
                     .map(|((node, _), c)| self.check_json(node, c))
                     .collect();
-                Ok(Reply::read_json(index, &Value::Array(list)))
+                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
             }
             "node" => {
                 let list: Vec<Value> = self
@@ -72,7 +72,7 @@ impl Consul {
                     .filter(|((node, _), _)| node == arg)
                     .map(|((node, _), c)| self.check_json(node, c))
                     .collect();
-                Ok(Reply::read_json(index, &Value::Array(list)))
+                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
             }
             "state" => {
                 if !matches!(arg, "any" | "passing" | "warning" | "critical") {
@@ -85,7 +85,7 @@ impl Consul {
                     .filter(|(_, c)| arg == "any" || c.status == arg)
                     .map(|((node, _), c)| self.check_json(node, c))
                     .collect();
-                Ok(Reply::read_json(index, &Value::Array(list)))
+                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
             }
             _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
         }

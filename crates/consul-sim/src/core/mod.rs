@@ -114,6 +114,9 @@ pub struct SimConfig {
     /// Shortest session TTL accepted (Consul's agent option `session_ttl_min`, default 10 s).
     /// Lower it for real-time tests that must fail over in a few seconds.
     pub session_ttl_min: Duration,
+    /// Run script checks (`Args`), like Consul's `enable_script_checks`; off by default, as
+    /// in Consul, and registering one is then refused.
+    pub enable_script_checks: bool,
 }
 
 impl Default for SimConfig {
@@ -127,6 +130,7 @@ impl Default for SimConfig {
             max_txn_ops: 128,
             seed: 0x5eed,
             session_ttl_min: Duration::from_secs(10),
+            enable_script_checks: false,
         }
     }
 }
@@ -137,6 +141,8 @@ pub(crate) struct NodeState {
     pub(crate) id: String,
     pub(crate) address: String,
     pub(crate) meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) tagged_addresses: BTreeMap<String, String>,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }
@@ -195,16 +201,14 @@ pub struct Consul {
 }
 
 impl Consul {
-    /// A fresh store: the agent's node registered with a passing `serfHealth` check.
+    /// A fresh store: the agent's node registered as a Consul server registers itself.
     pub fn new(config: SimConfig) -> Consul {
         let mut c = Consul {
             state: State { rng: config.seed | 1, ..Default::default() },
             config,
             leader_lost: false,
         };
-        let node = c.config.node_name.clone();
-        let address = c.config.node_address.clone();
-        c.ensure_node(&node, &address);
+        c.register_agent_node();
         c
     }
 
