@@ -288,3 +288,105 @@ async fn catalog_register_keeps_node_id_tagged_addresses_checks_and_skip_node_up
         json!({"Node": null, "Services": null})
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_are_listed_with_consuls_hash_index_and_wake_a_blocking_list() {
+    let (_sim, t) = sim();
+    let (r, list) = get(&t, "/v1/event/list").await;
+    assert_eq!((r.header("X-Consul-Index"), list), (Some("1"), json!([])));
+    let (r, _) = call(&t, Method::GET, "/v1/event/fire/x", "").await;
+    assert_eq!(r.status, 405);
+    let (r, _) = put(&t, "/v1/event/fire/x?tag=a", "").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "Cannot provide tag filter without service filter"
+    );
+    let (r, _) = put(&t, "/v1/event/fire/big", &"a".repeat(411)).await;
+    assert_eq!(r.status, 500, "over Serf's 512-byte limit");
+
+    let (_, fired) = put(&t, "/v1/event/fire/deploy?node=node1", "hello").await;
+    assert_eq!(fired["Payload"], "aGVsbG8=");
+    assert_eq!((fired["NodeFilter"].as_str(), fired["LTime"].as_u64()), (Some("node1"), Some(0)));
+    put(&t, "/v1/event/fire/skipped?node=other", "").await; // not for this agent
+    let (r, list) = get(&t, "/v1/event/list").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["ID"], fired["ID"]);
+    assert_eq!(list[0]["LTime"], 2);
+    let id: String = fired["ID"].as_str().unwrap().chars().filter(|c| *c != '-').collect();
+    let hash =
+        u64::from_str_radix(&id[..16], 16).unwrap() ^ u64::from_str_radix(&id[16..], 16).unwrap();
+    let index = r.header("X-Consul-Index").unwrap().to_string();
+    assert_eq!(index, hash.to_string());
+    assert_eq!(get(&t, "/v1/event/list?name=zzz").await.1, json!([]));
+
+    // A blocking list returns when a new event arrives, before its wait ends.
+    let t2 = t.clone();
+    let target = format!("/v1/event/list?index={index}&wait=60s");
+    let waiter = tokio::spawn(async move { get(&t2, &target).await });
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(!waiter.is_finished(), "the list blocks while no event arrives");
+    put(&t, "/v1/event/fire/second", "").await;
+    let start = tokio::time::Instant::now();
+    let (r, list) = waiter.await.unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    assert_ne!(r.header("X-Consul-Index").unwrap(), index);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_datacenter_has_no_path_except_where_consul_ignores_dc() {
+    let (_sim, t) = sim();
+    for target in [
+        "/v1/kv/a?dc=dc2",
+        "/v1/status/leader?dc=dc2",
+        "/v1/catalog/nodes?dc=dc2",
+        "/v1/health/state/any?dc=DC1",
+        "/v1/coordinate/nodes?dc=dc2",
+    ] {
+        let (r, _) = get(&t, target).await;
+        assert_eq!(r.status, 500, "{target}");
+        assert_eq!(String::from_utf8_lossy(&r.body), "No path to datacenter", "{target}");
+    }
+    let (r, _) = get(&t, "/v1/catalog/nodes?dc=dc2").await;
+    assert_eq!(
+        (r.header("X-Consul-Index"), r.header("X-Consul-KnownLeader")),
+        (Some("1"), Some("false"))
+    );
+    assert_eq!(get(&t, "/v1/kv/a?dc=dc2").await.0.header("X-Consul-Index"), None);
+    assert_eq!(put(&t, "/v1/kv/a?dc=dc2", "x").await.0.status, 500);
+    for target in [
+        "/v1/agent/self?dc=dc2",
+        "/v1/agent/services?dc=dc2",
+        "/v1/event/list?dc=dc2",
+        "/v1/catalog/datacenters?dc=dc2",
+        "/v1/coordinate/datacenters?dc=dc2",
+        "/v1/catalog/nodes?dc=dc1",
+    ] {
+        assert_eq!(get(&t, target).await.0.status, 200, "{target}");
+    }
+    let reg = r#"{"Node":"n","Address":"1.1.1.1"}"#;
+    assert_eq!(
+        put(&t, "/v1/catalog/register?dc=dc2", reg).await.0.status,
+        200,
+        "dc comes from the body"
+    );
+    let reg = r#"{"Datacenter":"dc2","Node":"n","Address":"1.1.1.1"}"#;
+    assert_eq!(put(&t, "/v1/catalog/register", reg).await.0.status, 500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn coordinates_hold_the_agents_node_at_the_origin() {
+    let (_sim, t) = sim();
+    let dcs = get(&t, "/v1/coordinate/datacenters").await.1;
+    assert_eq!(
+        (dcs[0]["Datacenter"].as_str(), dcs[0]["AreaID"].as_str()),
+        (Some("dc1"), Some("wan"))
+    );
+    let nodes = get(&t, "/v1/coordinate/nodes").await.1;
+    assert_eq!(nodes[0]["Node"], "node1");
+    assert_eq!(nodes[0]["Coord"]["Error"], 1.5);
+    assert_eq!(get(&t, "/v1/coordinate/node/node1").await.1, nodes);
+    let (r, _) = get(&t, "/v1/coordinate/node/nope").await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (404, 0));
+}

@@ -9,6 +9,9 @@
 mod agent;
 mod catalog;
 mod checks;
+mod coordinate;
+mod dc;
+mod event;
 mod health;
 mod kv;
 mod request;
@@ -198,6 +201,8 @@ pub struct Consul {
     pub(crate) state: State,
     /// Fault: no raft leader; every request but `/v1/status/*` fails with 500.
     pub(crate) leader_lost: bool,
+    /// User events the agent received (agent memory, not raft: not in snapshots).
+    pub(crate) events: event::Events,
 }
 
 impl Consul {
@@ -207,6 +212,7 @@ impl Consul {
             state: State { rng: config.seed | 1, ..Default::default() },
             config,
             leader_lost: false,
+            events: event::Events::default(),
         };
         c.register_agent_node();
         c
@@ -269,6 +275,9 @@ impl Consul {
             Ok(t) => t,
             Err(msg) => return Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg)),
         };
+        if let Some(resp) = self.wrong_datacenter(&req.method, &target) {
+            return Outcome::Done(resp);
+        }
         let path = target.path.as_str();
         if self.leader_lost && !path.starts_with("/v1/status/") && !path.starts_with("/v1/agent/") {
             return Outcome::Done(SimResponse::text(
@@ -302,6 +311,8 @@ impl Consul {
             (Reply::Read { index, response }, _) => {
                 Outcome::Done(response.with_index(index, !self.leader_lost))
             }
+            (Reply::Watch { moved: false, .. }, Some((_, wait))) if block => self.park(now, wait),
+            (Reply::Watch { response, .. }, _) => Outcome::Done(response),
             (Reply::Write(response), _) => Outcome::Done(response),
         }
     }
@@ -327,6 +338,12 @@ impl Consul {
         }
         if let Some(rest) = path.strip_prefix("/v1/catalog/") {
             return self.catalog_endpoint(now, m, rest, t, &req.body);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/event/") {
+            return self.event_endpoint(m, rest, t, &req.body);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/coordinate/") {
+            return self.coordinate_endpoint(m, rest, t);
         }
         if let Some(rest) = path.strip_prefix("/v1/health/") {
             expect(m, &Method::GET, path)?;
@@ -455,8 +472,17 @@ fn blocking_params(t: &Target) -> Result<Option<(u64, Duration)>, String> {
 
 /// What an endpoint produced: a read (blockable, carries an index) or a write.
 pub(crate) enum Reply {
-    Read { index: u64, response: SimResponse },
+    Read {
+        index: u64,
+        response: SimResponse,
+    },
     Write(SimResponse),
+    /// A blockable read whose index is not ordered (the event list's hash): it blocks
+    /// while `moved` is false, and carries its own headers.
+    Watch {
+        moved: bool,
+        response: SimResponse,
+    },
 }
 
 impl Reply {
