@@ -331,7 +331,10 @@ async fn script_check(args: &[String], timeout: Duration) -> (&'static str, Stri
     let run = tokio::process::Command::new(program).args(rest).kill_on_drop(true).output();
     match tokio::time::timeout(timeout, run).await {
         Err(_) => ("critical", format!("Timed out ({timeout:?}) running check")),
-        Ok(Err(e)) => ("critical", format!("Check failed to start: {e}")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            ("critical", format!("fork/exec {program}: no such file or directory"))
+        }
+        Ok(Err(e)) => ("critical", format!("fork/exec {program}: {e}")),
         Ok(Ok(out)) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&out.stderr));

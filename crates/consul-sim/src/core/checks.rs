@@ -107,6 +107,11 @@ impl CheckState {
     }
 }
 
+/// Consul's answer to an HTTP, TCP or script check without an interval.
+fn no_interval() -> ApiError {
+    ApiError::bad_request("Invalid check: Interval must be > 0 for Script, HTTP, or TCP checks")
+}
+
 /// The id of the node's maintenance check.
 pub(crate) const NODE_MAINT: &str = "_node_maintenance";
 
@@ -172,11 +177,7 @@ impl Consul {
         let kind = match (ttl, http, tcp) {
             (None, None, None) if !args.is_empty() => CheckKind::Script {
                 args,
-                interval: interval.ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "check {id:?}: Interval is required for script checks"
-                    ))
-                })?,
+                interval: interval.ok_or_else(no_interval)?,
                 timeout: duration_field(def, "Timeout")?.unwrap_or(Duration::from_secs(30)),
             },
             _ if !args.is_empty() => {
@@ -185,28 +186,14 @@ impl Consul {
                 )));
             }
             (Some(ttl), None, None) => CheckKind::Ttl(ttl),
-            (None, Some(url), None) => CheckKind::Http {
-                url,
-                interval: interval.ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "check {id:?}: Interval is required for HTTP checks"
-                    ))
-                })?,
-                timeout,
-            },
-            (None, None, Some(addr)) => CheckKind::Tcp {
-                addr,
-                interval: interval.ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "check {id:?}: Interval is required for TCP checks"
-                    ))
-                })?,
-                timeout,
-            },
+            (None, Some(url), None) => {
+                CheckKind::Http { url, interval: interval.ok_or_else(no_interval)?, timeout }
+            }
+            (None, None, Some(addr)) => {
+                CheckKind::Tcp { addr, interval: interval.ok_or_else(no_interval)?, timeout }
+            }
             (None, None, None) => {
-                return Err(ApiError::bad_request(format!(
-                    "check {id:?}: one of Args, TTL, HTTP or TCP is required"
-                )));
+                return Err(ApiError::bad_request("Invalid check: TTL must be > 0 for TTL checks"));
             }
             _ => {
                 return Err(ApiError::bad_request(format!(
