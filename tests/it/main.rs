@@ -13,6 +13,7 @@ mod rs_consul;
 mod shards;
 mod sim_agent;
 mod sim_blocking;
+mod sim_catalog;
 mod sim_kv_txn;
 mod sim_model;
 mod sim_wire;

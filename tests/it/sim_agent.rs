@@ -113,3 +113,37 @@ async fn a_service_critical_past_deregister_critical_service_after_is_reaped() {
     let (services, _) = c.catalog().services(&QueryOptions::default()).await.unwrap();
     assert!(!services.contains_key("web"), "gone from the catalog too: {services:?}");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn script_checks_run_when_enabled_and_map_exit_codes_like_consul() {
+    let sim = Sim::new(SimConfig { enable_script_checks: true, ..SimConfig::default() });
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let http = consul_api::HttpTransport::new(&server.local_addr().to_string()).unwrap();
+    let register = |name: &str, script: &str| {
+        let body =
+            serde_json::json!({"Name": name, "Args": ["sh", "-c", script], "Interval": "1s"});
+        consul_api::Request::new(http::Method::PUT, "/v1/agent/check/register")
+            .body(body.to_string())
+    };
+    use consul_api::Transport;
+    for (name, script) in [("ok", "echo out; echo err >&2"), ("warn", "exit 1"), ("crit", "exit 2")]
+    {
+        assert_eq!(http.send(register(name, script)).await.unwrap().status, 200);
+    }
+    let client = sim.client("a");
+    let start = std::time::Instant::now();
+    loop {
+        let checks = client.agent().checks().await.unwrap();
+        let got = |id: &str| checks.get(id).map(|c| (c.status, c.output.clone()));
+        if got("ok") == Some((CheckStatus::Passing, "out\nerr\n".into()))
+            && got("warn").map(|g| g.0) == Some(CheckStatus::Warning)
+            && got("crit").map(|g| g.0) == Some(CheckStatus::Critical)
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "scripts did not settle: {checks:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}

@@ -69,9 +69,14 @@ pub(crate) struct AgentArgs {
     /// Address to serve the HTTP API on.
     #[arg(long, default_value = "127.0.0.1:8500")]
     pub(crate) http_addr: String,
-    /// The agent's node name.
+    /// The agent's node name (Consul's `-node`; Consul defaults to the host name, this
+    /// command to a fixed name so runs are repeatable).
     #[arg(long, default_value = "consul-ha-dev")]
     pub(crate) node: String,
+    /// Run script checks (`Args`), like Consul's `-enable-script-checks`; off by default,
+    /// as in Consul.
+    #[arg(long)]
+    pub(crate) enable_script_checks: bool,
     /// Keep the store in this directory (snapshots after changes and on shutdown).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
@@ -182,8 +187,14 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    // Consul spells it `agent -dev`; accept that as well as `--dev`.
-    let args = std::env::args().map(|a| if a == "-dev" { "--dev".to_string() } else { a });
+    // Consul spells its flags with one dash (`agent -dev -node n1`); accept those too.
+    let args = std::env::args().map(|a| match a.as_str() {
+        "-dev" | "-node" | "-enable-script-checks" => format!("-{a}"),
+        _ => match a.strip_prefix("-node=") {
+            Some(v) => format!("--node={v}"),
+            None => a,
+        },
+    });
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

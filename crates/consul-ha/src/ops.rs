@@ -48,6 +48,7 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
         node_name: args.node.clone(),
         session_ttl_min: args.session_ttl_min,
         seed: os_seed(),
+        enable_script_checks: args.enable_script_checks,
         ..SimConfig::default()
     };
     let sim = match &args.data_dir {

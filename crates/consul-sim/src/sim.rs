@@ -317,11 +317,45 @@ async fn run_check(shared: Weak<Shared>, node: String, id: String, kind: CheckKi
                 Err(_) => ("critical", format!("dial tcp {addr}: i/o timeout")),
             }
         }
+        CheckKind::Script { args, timeout, .. } => script_check(args, *timeout).await,
         CheckKind::Ttl(_) | CheckKind::Manual => return,
     };
     if let Some(s) = shared.upgrade() {
         let sim = Sim { shared: s };
         sim.with_core(|c, now| c.record_check(now, &node, &id, status, &output));
+    }
+}
+
+/// Runs a script check as Consul does: exit 0 passing, 1 warning, anything else critical;
+/// the output is stdout and stderr, cut at Consul's 4 KiB.
+async fn script_check(args: &[String], timeout: Duration) -> (&'static str, String) {
+    let Some((program, rest)) = args.split_first() else {
+        return ("critical", "no command given".to_string());
+    };
+    let run = tokio::process::Command::new(program).args(rest).kill_on_drop(true).output();
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => ("critical", format!("Timed out ({timeout:?}) running check")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            ("critical", format!("fork/exec {program}: no such file or directory"))
+        }
+        Ok(Err(e)) => ("critical", format!("fork/exec {program}: {e}")),
+        Ok(Ok(out)) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            if text.len() > 4096 {
+                let mut cut = 4096;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            let status = match out.status.code() {
+                Some(0) => "passing",
+                Some(1) => "warning",
+                _ => "critical",
+            };
+            (status, text)
+        }
     }
 }
 

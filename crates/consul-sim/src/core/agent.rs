@@ -1,160 +1,119 @@
-//! `/v1/agent`, `/v1/catalog` and `/v1/health`: services, checks and nodes.
+//! `/v1/agent`: the local agent's services, checks, members, maintenance mode and
+//! configuration.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::catalog::{CONSUL_SERVICE, SERVER_PORT};
+use super::checks::{NODE_MAINT, SERVICE_MAINT_PREFIX, is_maintenance, valid_status};
 use super::{
-    ApiError, Consul, NodeState, Reply, SimTime, Target, duration_field, expect, field, json_body,
-    map_field, str_field, strings_field, to_map,
+    ApiError, CheckKind, CheckState, Consul, Reply, ServiceState, SimResponse, SimTime, Target,
+    expect, json_body, str_field, to_map,
 };
 
-/// What runs a check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CheckKind {
-    /// Updated by the application; critical when not updated within the TTL.
-    Ttl(Duration),
-    /// An HTTP GET of `url` every `interval`.
-    Http {
-        /// The URL.
-        url: String,
-        /// How often.
-        interval: Duration,
-        /// Timeout of one run.
-        timeout: Duration,
-    },
-    /// A TCP connect to `addr` every `interval`.
-    Tcp {
-        /// `host:port`.
-        addr: String,
-        /// How often.
-        interval: Duration,
-        /// Timeout of one run.
-        timeout: Duration,
-    },
-    /// The node's gossip health (`serfHealth`), or a check with no runner.
-    Manual,
+/// The Consul version the sim answers as.
+pub(crate) const VERSION: &str = "1.8.7";
+
+/// Serf's LAN and WAN ports of the agent (Consul's defaults).
+const SERF_LAN_PORT: u16 = 8301;
+const SERF_WAN_PORT: u16 = 8302;
+
+/// Consul's answer to most agent writes: 200 with an empty body.
+fn empty_ok() -> Reply {
+    Reply::write(SimResponse { status: StatusCode::OK, headers: Vec::new(), body: Bytes::new() })
 }
 
-impl CheckKind {
-    /// The run interval of an HTTP or TCP check.
-    pub fn interval(&self) -> Option<Duration> {
-        match self {
-            CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => Some(*interval),
-            _ => None,
+/// A 64-bit FNV-1a hash, printed as Consul prints its content hashes (16 hex digits).
+fn content_hash(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+/// The worst status of a service's checks, as Go's `HealthChecks.AggregatedStatus`:
+/// maintenance, then critical, warning, passing (also for no checks).
+fn aggregated_status<'a>(checks: impl IntoIterator<Item = &'a CheckState>) -> &'static str {
+    let (mut maint, mut critical, mut warning) = (false, false, false);
+    for c in checks {
+        if is_maintenance(&c.id) {
+            maint = true;
+        } else if c.status == "critical" {
+            critical = true;
+        } else if c.status == "warning" {
+            warning = true;
         }
     }
-
-    fn type_name(&self) -> &'static str {
-        match self {
-            CheckKind::Ttl(_) => "ttl",
-            CheckKind::Http { .. } => "http",
-            CheckKind::Tcp { .. } => "tcp",
-            CheckKind::Manual => "",
-        }
+    match (maint, critical, warning) {
+        (true, _, _) => "maintenance",
+        (_, true, _) => "critical",
+        (_, _, true) => "warning",
+        _ => "passing",
     }
 }
 
-/// One registered service instance.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ServiceState {
-    pub(crate) id: String,
-    pub(crate) name: String,
-    pub(crate) tags: Vec<String>,
-    pub(crate) address: String,
-    pub(crate) port: u16,
-    pub(crate) meta: BTreeMap<String, String>,
-    pub(crate) create_index: u64,
-    pub(crate) modify_index: u64,
-}
-
-/// One registered check and its latest result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct CheckState {
-    pub(crate) id: String,
-    pub(crate) name: String,
-    pub(crate) service_id: String,
-    pub(crate) status: String,
-    pub(crate) output: String,
-    pub(crate) notes: String,
-    pub(crate) kind: CheckKind,
-    pub(crate) ttl_expires: Option<SimTime>,
-    pub(crate) critical_since: Option<SimTime>,
-    pub(crate) deregister_after: Option<Duration>,
-    pub(crate) next_run: Option<SimTime>,
-    pub(crate) create_index: u64,
-    pub(crate) modify_index: u64,
-}
-
-impl CheckState {
-    pub(crate) fn ttl_deadline(&self) -> Option<SimTime> {
-        (self.status != "critical").then_some(self.ttl_expires).flatten()
-    }
-
-    pub(crate) fn reap_deadline(&self) -> Option<SimTime> {
-        Some(self.critical_since?.after(self.deregister_after?))
-    }
-
-    pub(crate) fn restart(&mut self, now: SimTime) {
-        if let CheckKind::Ttl(ttl) = self.kind {
-            self.ttl_expires = Some(now.after(ttl));
-        }
-        self.next_run = None;
-        if self.status == "critical" {
-            self.critical_since = Some(now);
-        }
+/// The HTTP status of `agent/health/service/*` for an aggregated status.
+fn health_code(status: &str) -> StatusCode {
+    match status {
+        "passing" => StatusCode::OK,
+        "warning" => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
-fn valid_status(s: &str) -> bool {
-    matches!(s, "passing" | "warning" | "critical")
+/// An answer of `agent/health/service/*`: JSON or, with `?format=text`, the status alone.
+fn health_response(code: StatusCode, reason: &str, body: &Value, text: bool) -> Reply {
+    let (content_type, body) = if text {
+        ("text/plain", Bytes::from(reason.to_string()))
+    } else {
+        ("application/json", Bytes::from(body.to_string()))
+    };
+    Reply::write(SimResponse {
+        status: code,
+        headers: vec![("Content-Type", content_type.into()), ("X-Consul-Reason", reason.into())],
+        body,
+    })
+}
+
+/// `?enable=` of the maintenance endpoints.
+fn enable_param(t: &Target) -> Result<bool, ApiError> {
+    match t.param("enable") {
+        None | Some("") => Err(ApiError::bad_request("Missing value for enable")),
+        Some(v) => match v {
+            "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+            "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+            _ => Err(ApiError::bad_request(format!("Invalid value for enable: {v:?}"))),
+        },
+    }
 }
 
 impl Consul {
-    /// Registers `name` as a catalog node with a passing `serfHealth` check, if new.
-    pub(crate) fn ensure_node(&mut self, name: &str, address: &str) {
-        if self.state.nodes.contains_key(name) {
-            return;
-        }
-        let index = self.bump();
-        let id = self.uuid();
-        self.state.nodes.insert(
-            name.to_string(),
-            NodeState {
-                id,
-                address: address.to_string(),
-                meta: BTreeMap::new(),
-                create_index: index,
-                modify_index: index,
-            },
-        );
-        self.state.checks.insert(
-            (name.to_string(), "serfHealth".into()),
-            CheckState {
-                id: "serfHealth".into(),
-                name: "Serf Health Status".into(),
-                service_id: String::new(),
-                status: "passing".into(),
-                output: "Agent alive and reachable".into(),
-                notes: String::new(),
-                kind: CheckKind::Manual,
-                ttl_expires: None,
-                critical_since: None,
-                deregister_after: None,
-                next_run: None,
-                create_index: index,
-                modify_index: index,
-            },
-        );
-        self.state.catalog_index = index;
+    pub(crate) fn agent_node(&self) -> String {
+        self.config.node_name.clone()
     }
 
-    fn agent_node(&self) -> String {
-        self.config.node_name.clone()
+    /// The services of the agent's own node, without the server's `consul` service (which
+    /// Consul registers in the catalog, not in the agent).
+    fn agent_services(&self) -> impl Iterator<Item = &ServiceState> {
+        let node = &self.config.node_name;
+        self.state
+            .services
+            .iter()
+            .filter(move |((n, id), _)| n == node && id != CONSUL_SERVICE)
+            .map(|(_, s)| s)
+    }
+
+    /// The checks of the agent's own node, without `serfHealth` (a catalog-only check).
+    fn agent_checks(&self) -> impl Iterator<Item = &CheckState> {
+        let node = &self.config.node_name;
+        self.state
+            .checks
+            .iter()
+            .filter(move |((n, _), c)| n == node && c.id != "serfHealth")
+            .map(|(_, c)| c)
     }
 
     pub(crate) fn agent_endpoint(
@@ -172,40 +131,73 @@ impl Consul {
             ["service", "register"] => {
                 expect(method, &Method::PUT, &path)?;
                 self.register_service(now, &node, body)?;
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
             }
             ["service", "deregister", id] => {
                 expect(method, &Method::PUT, &path)?;
+                // Consul 1.8.7 answers 200 for an unknown id too.
+                if self.state.services.contains_key(&(node.clone(), id.to_string())) {
+                    self.deregister_service(now, &node, id);
+                }
+                Ok(empty_ok())
+            }
+            ["service", "maintenance", id] => {
+                expect(method, &Method::PUT, &path)?;
+                let enable = enable_param(t)?;
                 if !self.state.services.contains_key(&(node.clone(), id.to_string())) {
                     return Err(ApiError::new(
                         StatusCode::NOT_FOUND,
-                        format!("Unknown service ID {id:?}"),
+                        format!("No service registered with ID {id:?}"),
                     ));
                 }
-                self.deregister_service(now, &node, id);
-                Ok(Reply::json(&Value::Null))
+                let check_id = format!("{SERVICE_MAINT_PREFIX}{id}");
+                let reason = t.param("reason").filter(|r| !r.is_empty()).unwrap_or(
+                    "Maintenance mode is enabled for this service, but no reason was provided. \
+                     This is a default message.",
+                );
+                self.set_maintenance(
+                    now,
+                    &node,
+                    check_id,
+                    "Service Maintenance Mode",
+                    id,
+                    reason,
+                    enable,
+                );
+                Ok(empty_ok())
+            }
+            ["service", id] => {
+                expect(method, &Method::GET, &path)?;
+                let Some(s) = self.state.services.get(&(node.clone(), id.to_string())) else {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("unknown service ID: {id}"),
+                    ));
+                };
+                let mut v = self.agent_service_json(s);
+                let hash = content_hash(v.to_string().as_bytes());
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("ContentHash".into(), json!(hash));
+                }
+                let mut resp = SimResponse::json(StatusCode::OK, &v);
+                resp.headers.push(("X-Consul-ContentHash", hash));
+                Ok(Reply::write(resp))
             }
             ["services"] => {
                 expect(method, &Method::GET, &path)?;
                 let map: serde_json::Map<String, Value> = self
-                    .state
-                    .services
-                    .iter()
-                    .filter(|((n, _), _)| *n == node)
-                    .map(|((_, id), s)| (id.clone(), self.service_json(s)))
+                    .agent_services()
+                    .map(|s| (s.id.clone(), self.agent_service_json(s)))
                     .collect();
-                Ok(Reply::read_json(self.state.catalog_index, &Value::Object(map)))
+                Ok(Reply::json(&Value::Object(map)))
             }
             ["checks"] => {
                 expect(method, &Method::GET, &path)?;
                 let map: serde_json::Map<String, Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|((n, _), c)| *n == node && c.id != "serfHealth")
-                    .map(|((n, id), c)| (id.clone(), self.check_json(n, c)))
+                    .agent_checks()
+                    .map(|c| (c.id.clone(), self.agent_check_json(&node, c)))
                     .collect();
-                Ok(Reply::read_json(self.state.catalog_index, &Value::Object(map)))
+                Ok(Reply::json(&Value::Object(map)))
             }
             ["check", "register"] => {
                 expect(method, &Method::PUT, &path)?;
@@ -221,21 +213,18 @@ impl Consul {
                 }
                 let check = self.parse_check(now, &def, &service_id, None)?;
                 self.put_check(now, &node, check);
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
             }
             ["check", "deregister", id] => {
                 expect(method, &Method::PUT, &path)?;
-                if self.state.checks.remove(&(node.clone(), id.to_string())).is_none() {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!("Unknown check ID {id:?}"),
-                    ));
+                // Consul 1.8.7 answers 200 for an unknown id too.
+                if self.state.checks.remove(&(node.clone(), id.to_string())).is_some() {
+                    for s in self.sessions_bound_to(&node, id) {
+                        self.invalidate_session(now, &s);
+                    }
+                    self.state.catalog_index = self.bump();
                 }
-                for s in self.sessions_bound_to(&node, id) {
-                    self.invalidate_session(now, &s);
-                }
-                self.state.catalog_index = self.bump();
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
             }
             ["check", verb @ ("pass" | "warn" | "fail"), id] => {
                 expect(method, &Method::PUT, &path)?;
@@ -246,7 +235,7 @@ impl Consul {
                 };
                 let note = t.param("note").unwrap_or_default().to_string();
                 self.update_ttl(now, &node, id, status, &note)?;
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
             }
             ["check", "update", id] => {
                 expect(method, &Method::PUT, &path)?;
@@ -257,23 +246,38 @@ impl Consul {
                 }
                 let output = str_field(&upd, "Output")?.unwrap_or_default();
                 self.update_ttl(now, &node, id, &status, &output)?;
-                Ok(Reply::json(&Value::Null))
+                Ok(empty_ok())
+            }
+            ["maintenance"] => {
+                expect(method, &Method::PUT, &path)?;
+                let enable = enable_param(t)?;
+                let reason = t.param("reason").filter(|r| !r.is_empty()).unwrap_or(
+                    "Maintenance mode is enabled for this node, but no reason was provided. This \
+                     is a default message.",
+                );
+                self.set_maintenance(
+                    now,
+                    &node,
+                    NODE_MAINT.into(),
+                    "Node Maintenance Mode",
+                    "",
+                    reason,
+                    enable,
+                );
+                Ok(empty_ok())
+            }
+            ["health", "service", rest] => {
+                expect(method, &Method::GET, &path)?;
+                let text = t.param("format") == Some("text");
+                match rest.split_once('/') {
+                    Some(("id", id)) => Ok(self.agent_health_by_id(&node, id, text)),
+                    Some(("name", name)) => Ok(self.agent_health_by_name(&node, name, text)),
+                    _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+                }
             }
             ["self"] => {
                 expect(method, &Method::GET, &path)?;
-                let n = &self.state.nodes[&node];
-                Ok(Reply::json(&json!({
-                    "Config": {
-                        "Datacenter": self.config.datacenter,
-                        "NodeName": node,
-                        "NodeID": n.id,
-                        "Server": true,
-                        "Revision": "consul-sim",
-                        "Version": "1.20.0",
-                    },
-                    "Member": self.member_json(),
-                    "Meta": {"consul-network-segment": ""},
-                })))
+                Ok(Reply::json(&self.agent_self_json()))
             }
             ["members"] => {
                 expect(method, &Method::GET, &path)?;
@@ -283,40 +287,266 @@ impl Consul {
         }
     }
 
-    fn member_json(&self) -> Value {
+    /// Adds or removes a maintenance check (critical, type `maintenance`).
+    #[allow(clippy::too_many_arguments)]
+    fn set_maintenance(
+        &mut self,
+        now: SimTime,
+        node: &str,
+        check_id: String,
+        name: &str,
+        service_id: &str,
+        reason: &str,
+        enable: bool,
+    ) {
+        let key = (node.to_string(), check_id.clone());
+        if !enable {
+            if self.state.checks.remove(&key).is_some() {
+                self.state.catalog_index = self.bump();
+            }
+            return;
+        }
+        if self.state.checks.contains_key(&key) {
+            return;
+        }
+        let check = CheckState {
+            id: check_id,
+            name: name.to_string(),
+            service_id: service_id.to_string(),
+            status: "critical".into(),
+            output: String::new(),
+            notes: reason.to_string(),
+            kind: CheckKind::Manual,
+            ttl_expires: None,
+            critical_since: None,
+            deregister_after: None,
+            next_run: None,
+            create_index: 0,
+            modify_index: 0,
+        };
+        self.put_check(now, node, check);
+    }
+
+    /// The checks of one agent service as `agent/health/service/*` prints them: Go's
+    /// `api.HealthCheck` with a zero `Definition` and no `Type`.
+    fn agent_health_checks(&self, node: &str, service_id: &str) -> (Vec<&CheckState>, Value) {
+        let checks: Vec<&CheckState> =
+            self.agent_checks().filter(|c| c.service_id == service_id).collect();
+        let json: Vec<Value> = checks
+            .iter()
+            .map(|c| {
+                let mut v = self.agent_check_json(node, c);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("Type".into(), json!(""));
+                    o.insert(
+                        "Definition".into(),
+                        json!({
+                            "Interval": "0s",
+                            "Timeout": "0s",
+                            "DeregisterCriticalServiceAfter": "0s",
+                            "HTTP": "",
+                            "Header": null,
+                            "Method": "",
+                            "Body": "",
+                            "TLSSkipVerify": false,
+                            "TCP": "",
+                        }),
+                    );
+                }
+                v
+            })
+            .collect();
+        (checks, Value::Array(json))
+    }
+
+    fn agent_health_by_id(&self, node: &str, id: &str, text: bool) -> Reply {
+        let Some(s) = self.agent_services().find(|s| s.id == id) else {
+            let reason = format!("ServiceId {id} not found");
+            // Consul 1.8.7 answers `?format=text` here with the reason as a JSON string.
+            let body = if text {
+                json!(reason)
+            } else {
+                json!({"AggregatedStatus": "critical", "Service": null, "Checks": null})
+            };
+            return health_response(StatusCode::NOT_FOUND, &reason, &body, false);
+        };
+        let (checks, checks_json) = self.agent_health_checks(node, &s.id);
+        let status = aggregated_status(checks);
+        let body = json!({
+            "AggregatedStatus": status,
+            "Service": self.agent_service_json(s),
+            "Checks": checks_json,
+        });
+        health_response(health_code(status), status, &body, text)
+    }
+
+    fn agent_health_by_name(&self, node: &str, name: &str, text: bool) -> Reply {
+        let mut code = StatusCode::NOT_FOUND;
+        let mut reason = format!("ServiceName {name} Not Found");
+        let mut list = Vec::new();
+        for s in self.agent_services().filter(|s| s.name == name) {
+            let (checks, checks_json) = self.agent_health_checks(node, &s.id);
+            let status = aggregated_status(checks);
+            let scode = health_code(status);
+            // The worst status wins: passing 200 < warning 429 < critical 503.
+            if code == StatusCode::NOT_FOUND || code.as_u16() < scode.as_u16() {
+                code = scode;
+                reason = status.to_string();
+            }
+            list.push(json!({
+                "AggregatedStatus": status,
+                "Service": self.agent_service_json(s),
+                "Checks": checks_json,
+            }));
+        }
+        health_response(code, &reason, &Value::Array(list), text)
+    }
+
+    /// `agent/self`: the fields of Consul's answer that clients read.
+    fn agent_self_json(&self) -> Value {
+        let node = &self.config.node_name;
+        let id = self.state.nodes.get(node).map(|n| n.id.clone()).unwrap_or_default();
+        let address = &self.config.node_address;
+        let dc = &self.config.datacenter;
+        let ttl_min = if self.config.session_ttl_min == std::time::Duration::from_secs(10) {
+            "0s".to_string() // Consul prints the configured value; unset is "0s".
+        } else {
+            format!("{:?}", self.config.session_ttl_min)
+        };
+        let tagged: serde_json::Map<String, Value> = ["lan", "lan_ipv4", "wan", "wan_ipv4"]
+            .iter()
+            .map(|k| (k.to_string(), json!(address)))
+            .collect();
+        let services = self.agent_services().count();
+        let checks: Vec<&CheckState> = self.agent_checks().collect();
+        let ttls = checks.iter().filter(|c| matches!(c.kind, CheckKind::Ttl(_))).count();
+        let scripts = checks.iter().filter(|c| matches!(c.kind, CheckKind::Script { .. })).count();
+        let index = self.index().to_string();
         json!({
-            "Name": self.config.node_name,
-            "Addr": self.config.node_address,
-            "Port": 8301,
-            "Tags": {"role": "consul", "dc": self.config.datacenter, "port": "8300"},
-            "Status": 1,
+            "Config": {
+                "Datacenter": dc,
+                "NodeName": node,
+                "NodeID": id,
+                "Revision": "",
+                "Server": true,
+                "Version": VERSION,
+            },
+            "DebugConfig": {
+                "AdvertiseAddrLAN": address,
+                "AdvertiseAddrWAN": address,
+                "ACLsEnabled": false,
+                "BindAddr": address,
+                "Bootstrap": false,
+                "CheckDeregisterIntervalMin": "1m0s",
+                "CheckReapInterval": "30s",
+                "ConnectEnabled": false,
+                "Datacenter": dc,
+                "DefaultQueryTime": "5m0s",
+                "DevMode": true,
+                "DisableCoordinates": false,
+                "DNSDomain": "consul.",
+                "EnableLocalScriptChecks": self.config.enable_script_checks,
+                "EnableRemoteScriptChecks": self.config.enable_script_checks,
+                "GRPCPort": -1,
+                "KVMaxValueSize": self.config.max_value_size,
+                "MaxQueryTime": "10m0s",
+                "NodeID": id,
+                "NodeMeta": {},
+                "NodeName": node,
+                "PrimaryDatacenter": dc,
+                "Revision": "",
+                "SerfPortLAN": SERF_LAN_PORT,
+                "SerfPortWAN": SERF_WAN_PORT,
+                "ServerMode": true,
+                "ServerPort": SERVER_PORT,
+                "SessionTTLMin": ttl_min,
+                "TaggedAddresses": tagged,
+                "TxnMaxReqLen": 524_288,
+                "Version": VERSION,
+                "VersionPrerelease": "",
+            },
+            "Coord": coordinate(),
+            "Member": self.member_json(),
+            "Stats": {
+                "agent": {
+                    "check_monitors": scripts.to_string(),
+                    "check_ttls": ttls.to_string(),
+                    "checks": checks.len().to_string(),
+                    "services": services.to_string(),
+                },
+                "build": {"prerelease": "", "revision": "", "version": VERSION},
+                "consul": {
+                    "acl": "disabled",
+                    "bootstrap": "false",
+                    "known_datacenters": "1",
+                    "leader": (!self.leader_lost).to_string(),
+                    "leader_addr": if self.leader_lost { String::new() } else { self.leader_addr() },
+                    "server": "true",
+                },
+                "raft": {
+                    "applied_index": index,
+                    "commit_index": index,
+                    "last_log_index": index,
+                    "last_log_term": "2",
+                    "num_peers": "0",
+                    "protocol_version": "3",
+                    "state": if self.leader_lost { "Follower" } else { "Leader" },
+                    "term": "2",
+                },
+                "serf_lan": {"failed": "0", "left": "0", "members": "1"},
+                "serf_wan": {"failed": "0", "left": "0", "members": "1"},
+            },
+            "Meta": to_map(&self.state.nodes.get(node).map(|n| n.meta.clone()).unwrap_or_default()),
         })
     }
 
-    fn register_service(&mut self, now: SimTime, node: &str, body: &Bytes) -> Result<(), ApiError> {
+    /// The agent as a serf member, as `agent/members` lists it.
+    pub(crate) fn member_json(&self) -> Value {
+        let id =
+            self.state.nodes.get(&self.config.node_name).map(|n| n.id.clone()).unwrap_or_default();
+        json!({
+            "Name": self.config.node_name,
+            "Addr": self.config.node_address,
+            "Port": SERF_LAN_PORT,
+            "Tags": {
+                "acls": "0",
+                "build": format!("{VERSION}:"),
+                "dc": self.config.datacenter,
+                "ft_fs": "1",
+                "id": id,
+                "port": SERVER_PORT.to_string(),
+                "raft_vsn": "3",
+                "role": "consul",
+                "segment": "",
+                "vsn": "2",
+                "vsn_max": "3",
+                "vsn_min": "2",
+                "wan_join_port": SERF_WAN_PORT.to_string(),
+            },
+            "Status": 1,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
+        })
+    }
+
+    pub(crate) fn register_service(
+        &mut self,
+        now: SimTime,
+        node: &str,
+        body: &Bytes,
+    ) -> Result<(), ApiError> {
         let def = json_body(body, "service")?;
-        if !def.is_object() {
-            return Err(ApiError::bad_request(
-                "Request decode failed: the service must be a JSON object",
-            ));
-        }
-        let name = str_field(&def, "Name")?
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing service name"))?;
-        let id = str_field(&def, "ID")?.filter(|n| !n.is_empty()).unwrap_or_else(|| name.clone());
-        let port = match field(&def, "Port") {
-            None => 0,
-            Some(v) => v
-                .as_u64()
-                .filter(|p| *p <= u64::from(u16::MAX))
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid Port {v}")))?
-                as u16,
-        };
+        let mut service = ServiceState::parse(&def, "Name")?;
+        let (id, name) = (service.id.clone(), service.name.clone());
         let mut defs: Vec<&Value> = Vec::new();
-        if let Some(c) = field(&def, "Check") {
+        if let Some(c) = super::field(&def, "Check") {
             defs.push(c);
         }
-        match field(&def, "Checks") {
+        match super::field(&def, "Checks") {
             None => {}
             Some(Value::Array(a)) => defs.extend(a.iter()),
             Some(_) => return Err(ApiError::bad_request("Checks must be a list")),
@@ -334,27 +564,18 @@ impl Consul {
         }
         let key = (node.to_string(), id.clone());
         let index = self.bump();
-        let create_index = self.state.services.get(&key).map_or(index, |s| s.create_index);
-        self.state.services.insert(
-            key,
-            ServiceState {
-                id: id.clone(),
-                name,
-                tags: strings_field(&def, "Tags")?,
-                address: str_field(&def, "Address")?.unwrap_or_default(),
-                port,
-                meta: map_field(&def, "Meta")?,
-                create_index,
-                modify_index: index,
-            },
-        );
-        // Re-registering replaces the service's checks.
+        service.create_index = self.state.services.get(&key).map_or(index, |s| s.create_index);
+        service.modify_index = index;
+        self.state.services.insert(key, service);
+        // Re-registering replaces the service's checks (maintenance mode stays).
         let keep: BTreeSet<String> = checks.iter().map(|c| c.id.clone()).collect();
         let stale: Vec<String> = self
             .state
             .checks
             .iter()
-            .filter(|((n, cid), c)| n == node && c.service_id == id && !keep.contains(cid))
+            .filter(|((n, cid), c)| {
+                n == node && c.service_id == id && !keep.contains(cid) && !is_maintenance(cid)
+            })
             .map(|((_, cid), _)| cid.clone())
             .collect();
         for cid in stale {
@@ -367,201 +588,7 @@ impl Consul {
         Ok(())
     }
 
-    fn put_check(&mut self, now: SimTime, node: &str, mut check: CheckState) {
-        let index = self.bump();
-        check.create_index = index;
-        check.modify_index = index;
-        let critical = check.status == "critical";
-        let id = check.id.clone();
-        self.state.checks.insert((node.to_string(), id.clone()), check);
-        self.state.catalog_index = index;
-        if critical {
-            for s in self.sessions_bound_to(node, &id) {
-                self.invalidate_session(now, &s);
-            }
-        }
-    }
-
-    fn parse_check(
-        &mut self,
-        now: SimTime,
-        def: &Value,
-        service_id: &str,
-        default_id: Option<String>,
-    ) -> Result<CheckState, ApiError> {
-        if !def.is_object() {
-            return Err(ApiError::bad_request("a check must be a JSON object"));
-        }
-        let id = str_field(def, "CheckID")?
-            .or(str_field(def, "ID")?)
-            .filter(|s| !s.is_empty())
-            .or(default_id)
-            .or(str_field(def, "Name")?)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing check name"))?;
-        let ttl = duration_field(def, "TTL")?;
-        let http = str_field(def, "HTTP")?.filter(|s| !s.is_empty());
-        let tcp = str_field(def, "TCP")?.filter(|s| !s.is_empty());
-        // Like Consul's agent, an interval under its 1 s minimum is raised to it.
-        let interval = duration_field(def, "Interval")?.map(|i| i.max(Duration::from_secs(1)));
-        let timeout = duration_field(def, "Timeout")?.unwrap_or(Duration::from_secs(10));
-        let kind = match (ttl, http, tcp) {
-            (Some(ttl), None, None) => CheckKind::Ttl(ttl),
-            (None, Some(url), None) => CheckKind::Http {
-                url,
-                interval: interval.ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "check {id:?}: Interval is required for HTTP checks"
-                    ))
-                })?,
-                timeout,
-            },
-            (None, None, Some(addr)) => CheckKind::Tcp {
-                addr,
-                interval: interval.ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "check {id:?}: Interval is required for TCP checks"
-                    ))
-                })?,
-                timeout,
-            },
-            (None, None, None) => {
-                return Err(ApiError::bad_request(format!(
-                    "check {id:?}: one of TTL, HTTP or TCP is required"
-                )));
-            }
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "check {id:?}: only one of TTL, HTTP or TCP may be given"
-                )));
-            }
-        };
-        let deregister_after = duration_field(def, "DeregisterCriticalServiceAfter")?;
-        let deregister_after = deregister_after.map(|d| d.max(Duration::from_secs(60)));
-        let status = str_field(def, "Status")?
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "critical".into());
-        if !valid_status(&status) {
-            return Err(ApiError::bad_request(format!("check {id:?}: invalid Status {status:?}")));
-        }
-        Ok(CheckState {
-            ttl_expires: match kind {
-                CheckKind::Ttl(ttl) => Some(now.after(ttl)),
-                _ => None,
-            },
-            critical_since: (status == "critical").then_some(now),
-            name: str_field(def, "Name")?.unwrap_or_default(),
-            notes: str_field(def, "Notes")?.unwrap_or_default(),
-            service_id: service_id.to_string(),
-            output: String::new(),
-            status,
-            kind,
-            id,
-            deregister_after: if service_id.is_empty() { None } else { deregister_after },
-            next_run: None,
-            create_index: 0,
-            modify_index: 0,
-        })
-    }
-
-    fn update_ttl(
-        &mut self,
-        now: SimTime,
-        node: &str,
-        id: &str,
-        status: &str,
-        output: &str,
-    ) -> Result<(), ApiError> {
-        match self.state.checks.get(&(node.to_string(), id.to_string())) {
-            None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("Unknown check ID {id:?}"))),
-            Some(c) if !matches!(c.kind, CheckKind::Ttl(_)) => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("CheckID {id:?} does not have associated TTL"),
-            )),
-            Some(_) => {
-                self.set_check_status(now, node, id, status, output);
-                Ok(())
-            }
-        }
-    }
-
-    /// Sets a check's status; a critical check invalidates the sessions bound to it.
-    pub(crate) fn set_check_status(
-        &mut self,
-        now: SimTime,
-        node: &str,
-        id: &str,
-        status: &str,
-        output: &str,
-    ) {
-        let key = (node.to_string(), id.to_string());
-        let Some(c) = self.state.checks.get_mut(&key) else { return };
-        let changed = c.status != status || c.output != output;
-        if let CheckKind::Ttl(ttl) = c.kind {
-            c.ttl_expires = Some(now.after(ttl));
-        }
-        if status == "critical" {
-            c.critical_since.get_or_insert(now);
-        } else {
-            c.critical_since = None;
-        }
-        c.status = status.to_string();
-        c.output = output.to_string();
-        if changed {
-            let index = self.bump();
-            if let Some(c) = self.state.checks.get_mut(&key) {
-                c.modify_index = index;
-            }
-            self.state.catalog_index = index;
-        }
-        if status == "critical" {
-            for s in self.sessions_bound_to(node, id) {
-                self.invalidate_session(now, &s);
-            }
-        }
-    }
-
-    /// Fault injection: set any check (`serfHealth` included) of `node` to `status`.
-    pub fn force_check_status(&mut self, now: SimTime, node: &str, id: &str, status: &str) -> bool {
-        if !valid_status(status)
-            || !self.state.checks.contains_key(&(node.to_string(), id.to_string()))
-        {
-            return false;
-        }
-        self.set_check_status(now, node, id, status, "set by fault injection");
-        true
-    }
-
-    pub(crate) fn expire_checks(&mut self, now: SimTime) {
-        let due: Vec<((String, String), SimTime)> = self
-            .state
-            .checks
-            .iter()
-            .filter_map(|(k, c)| c.ttl_deadline().filter(|t| *t <= now).map(|t| (k.clone(), t)))
-            .collect();
-        for ((node, id), at) in due {
-            self.set_check_status(at, &node, &id, "critical", "TTL expired");
-        }
-    }
-
-    pub(crate) fn reap_critical_services(&mut self, now: SimTime) {
-        let due: Vec<(String, String, SimTime)> = self
-            .state
-            .checks
-            .iter()
-            .filter_map(|((node, _), c)| {
-                c.reap_deadline()
-                    .filter(|t| *t <= now)
-                    .map(|t| (node.clone(), c.service_id.clone(), t))
-            })
-            .collect();
-        for (node, service, at) in due {
-            tracing::debug!(%service, "deregistering a service critical for too long");
-            self.deregister_service(at, &node, &service);
-        }
-    }
-
-    fn deregister_service(&mut self, now: SimTime, node: &str, id: &str) {
+    pub(crate) fn deregister_service(&mut self, now: SimTime, node: &str, id: &str) {
         self.state.services.remove(&(node.to_string(), id.to_string()));
         let checks: Vec<String> = self
             .state
@@ -579,294 +606,38 @@ impl Consul {
         self.state.catalog_index = self.bump();
     }
 
-    fn service_json(&self, s: &ServiceState) -> Value {
-        json!({
+    /// A service as the agent prints it (`agent/services`, `agent/service/:id`).
+    pub(crate) fn agent_service_json(&self, s: &ServiceState) -> Value {
+        let mut v = json!({
             "ID": s.id,
             "Service": s.name,
             "Tags": s.tags,
             "Meta": to_map(&s.meta),
             "Port": s.port,
             "Address": s.address,
-            "Weights": {"Passing": 1, "Warning": 1},
-            "EnableTagOverride": false,
-            "Datacenter": self.config.datacenter,
-        })
-    }
-
-    fn check_json(&self, node: &str, c: &CheckState) -> Value {
-        let service = self.state.services.get(&(node.to_string(), c.service_id.clone()));
-        json!({
-            "Node": node,
-            "CheckID": c.id,
-            "Name": c.name,
-            "Status": c.status,
-            "Notes": c.notes,
-            "Output": c.output,
-            "ServiceID": c.service_id,
-            "ServiceName": service.map(|s| s.name.clone()).unwrap_or_default(),
-            "ServiceTags": service.map(|s| s.tags.clone()).unwrap_or_default(),
-            "Type": c.kind.type_name(),
-            "CreateIndex": c.create_index,
-            "ModifyIndex": c.modify_index,
-        })
-    }
-
-    fn node_json(&self, name: &str, n: &NodeState) -> Value {
-        json!({
-            "ID": n.id,
-            "Node": name,
-            "Address": n.address,
-            "Datacenter": self.config.datacenter,
-            "TaggedAddresses": {"lan": n.address, "wan": n.address},
-            "Meta": to_map(&n.meta),
-            "CreateIndex": n.create_index,
-            "ModifyIndex": n.modify_index,
-        })
-    }
-
-    fn catalog_service_json(&self, node: &str, s: &ServiceState) -> Value {
-        let n = &self.state.nodes[node];
-        json!({
-            "ID": n.id,
-            "Node": node,
-            "Address": n.address,
-            "Datacenter": self.config.datacenter,
-            "TaggedAddresses": {"lan": n.address, "wan": n.address},
-            "NodeMeta": to_map(&n.meta),
-            "ServiceID": s.id,
-            "ServiceName": s.name,
-            "ServiceTags": s.tags,
-            "ServiceAddress": s.address,
-            "ServiceMeta": to_map(&s.meta),
-            "ServicePort": s.port,
-            "ServiceEnableTagOverride": false,
-            "CreateIndex": s.create_index,
-            "ModifyIndex": s.modify_index,
-        })
-    }
-
-    pub(crate) fn catalog_endpoint(
-        &mut self,
-        now: SimTime,
-        method: &Method,
-        rest: &str,
-        t: &Target,
-        body: &Bytes,
-    ) -> Result<Reply, ApiError> {
-        let path = format!("/v1/catalog/{rest}");
-        let index = self.state.catalog_index;
-        let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
-        match verb {
-            "services" => {
-                expect(method, &Method::GET, &path)?;
-                let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-                for s in self.state.services.values() {
-                    map.entry(s.name.clone()).or_default().extend(s.tags.iter().cloned());
-                }
-                let v: serde_json::Map<String, Value> =
-                    map.into_iter().map(|(k, tags)| (k, json!(tags))).collect();
-                Ok(Reply::read_json(index, &Value::Object(v)))
-            }
-            "service" if !arg.is_empty() => {
-                expect(method, &Method::GET, &path)?;
-                let tag = t.param("tag");
-                let list: Vec<Value> = self
-                    .state
-                    .services
-                    .iter()
-                    .filter(|(_, s)| {
-                        s.name == arg && tag.is_none_or(|tag| s.tags.iter().any(|x| x == tag))
-                    })
-                    .map(|((node, _), s)| self.catalog_service_json(node, s))
-                    .collect();
-                Ok(Reply::read_json(index, &Value::Array(list)))
-            }
-            "nodes" => {
-                expect(method, &Method::GET, &path)?;
-                let list: Vec<Value> =
-                    self.state.nodes.iter().map(|(name, n)| self.node_json(name, n)).collect();
-                Ok(Reply::read_json(index, &Value::Array(list)))
-            }
-            "node" if !arg.is_empty() => {
-                expect(method, &Method::GET, &path)?;
-                let Some(n) = self.state.nodes.get(arg) else {
-                    return Ok(Reply::read_json(index, &Value::Null));
-                };
-                let services: serde_json::Map<String, Value> = self
-                    .state
-                    .services
-                    .iter()
-                    .filter(|((node, _), _)| node == arg)
-                    .map(|((_, id), s)| (id.clone(), self.service_json(s)))
-                    .collect();
-                Ok(Reply::read_json(
-                    index,
-                    &json!({"Node": self.node_json(arg, n), "Services": services}),
-                ))
-            }
-            "register" => {
-                expect(method, &Method::PUT, &path)?;
-                let reg = json_body(body, "catalog registration")?;
-                let node = str_field(&reg, "Node")?
-                    .filter(|n| !n.is_empty())
-                    .ok_or_else(|| ApiError::bad_request("Missing node name"))?;
-                let address = str_field(&reg, "Address")?
-                    .filter(|n| !n.is_empty())
-                    .ok_or_else(|| ApiError::bad_request("Missing node address"))?;
-                self.ensure_node(&node, &address);
-                if let Some(meta) =
-                    field(&reg, "NodeMeta").map(|_| map_field(&reg, "NodeMeta")).transpose()?
-                    && let Some(n) = self.state.nodes.get_mut(&node)
-                {
-                    n.meta = meta;
-                }
-                if let Some(svc) = field(&reg, "Service") {
-                    let name = str_field(svc, "Service")?
-                        .filter(|n| !n.is_empty())
-                        .ok_or_else(|| ApiError::bad_request("Missing service name"))?;
-                    let id = str_field(svc, "ID")?
-                        .filter(|n| !n.is_empty())
-                        .unwrap_or_else(|| name.clone());
-                    let i = self.bump();
-                    let port = field(svc, "Port")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0)
-                        .min(u64::from(u16::MAX)) as u16;
-                    self.state.services.insert(
-                        (node.clone(), id.clone()),
-                        ServiceState {
-                            id,
-                            name,
-                            tags: strings_field(svc, "Tags")?,
-                            address: str_field(svc, "Address")?.unwrap_or_default(),
-                            port,
-                            meta: map_field(svc, "Meta")?,
-                            create_index: i,
-                            modify_index: i,
-                        },
-                    );
-                }
-                self.state.catalog_index = self.bump();
-                Ok(Reply::json(&json!(true)))
-            }
-            "deregister" => {
-                expect(method, &Method::PUT, &path)?;
-                let reg = json_body(body, "catalog deregistration")?;
-                let node = str_field(&reg, "Node")?
-                    .filter(|n| !n.is_empty())
-                    .ok_or_else(|| ApiError::bad_request("Missing node name"))?;
-                match str_field(&reg, "ServiceID")?.filter(|s| !s.is_empty()) {
-                    Some(sid) => self.deregister_service(now, &node, &sid),
-                    None => {
-                        if node == self.config.node_name {
-                            return Err(ApiError::bad_request(
-                                "cannot deregister the agent's own node",
-                            ));
-                        }
-                        let sessions: Vec<String> = self
-                            .state
-                            .sessions
-                            .values()
-                            .filter(|s| s.node == node)
-                            .map(|s| s.id.clone())
-                            .collect();
-                        for s in sessions {
-                            self.invalidate_session(now, &s);
-                        }
-                        self.state.nodes.remove(&node);
-                        self.state.services.retain(|(n, _), _| *n != node);
-                        self.state.checks.retain(|(n, _), _| *n != node);
-                        self.state.catalog_index = self.bump();
-                    }
-                }
-                Ok(Reply::json(&json!(true)))
-            }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            "Weights": s.weights_json(),
+            "EnableTagOverride": s.enable_tag_override,
+        });
+        if !s.tagged_addresses.is_empty()
+            && let Some(o) = v.as_object_mut()
+        {
+            o.insert("TaggedAddresses".into(), s.tagged_addresses_json());
         }
+        v
     }
 
-    pub(crate) fn health_endpoint(&self, rest: &str, t: &Target) -> Result<Reply, ApiError> {
-        let index = self.state.catalog_index;
-        let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
-        if arg.is_empty() {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found"));
+    /// A check as the agent prints it: the agent's local copy has no raft indexes.
+    fn agent_check_json(&self, node: &str, c: &CheckState) -> Value {
+        let mut v = self.check_json(node, c);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("CreateIndex".into(), json!(0));
+            o.insert("ModifyIndex".into(), json!(0));
         }
-        let checks_of = |node: &str, service: Option<&str>| -> Vec<&CheckState> {
-            self.state
-                .checks
-                .iter()
-                .filter(|((n, _), c)| {
-                    n == node && (c.service_id.is_empty() || Some(c.service_id.as_str()) == service)
-                })
-                .map(|(_, c)| c)
-                .collect()
-        };
-        match verb {
-            "service" => {
-                let tag = t.param("tag");
-                let passing = t.flag("passing");
-                let mut list = Vec::new();
-                for ((node, _), s) in &self.state.services {
-                    if s.name != arg || tag.is_some_and(|tag| !s.tags.iter().any(|x| x == tag)) {
-                        continue;
-                    }
-                    let checks = checks_of(node, Some(&s.id));
-                    if passing && checks.iter().any(|c| c.status != "passing") {
-                        continue;
-                    }
-                    let Some(n) = self.state.nodes.get(node) else { continue };
-                    let mut service = self.service_json(s);
-                    if let Some(o) = service.as_object_mut() {
-                        o.insert("CreateIndex".into(), json!(s.create_index));
-                        o.insert("ModifyIndex".into(), json!(s.modify_index));
-                    }
-                    list.push(json!({
-                        "Node": self.node_json(node, n),
-                        "Service": service,
-                        "Checks": checks.iter().map(|c| self.check_json(node, c)).collect::<Vec<_>>(),
-                    }));
-                }
-                Ok(Reply::read_json(index, &Value::Array(list)))
-            }
-            "checks" => {
-                let list: Vec<Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|((node, _), c)| {
-                        self.state
-                            .services
-                            .get(&(node.clone(), c.service_id.clone()))
-                            .is_some_and(|s| s.name == arg)
-                    })
-                    .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(Reply::read_json(index, &Value::Array(list)))
-            }
-            "node" => {
-                let list: Vec<Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|((node, _), _)| node == arg)
-                    .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(Reply::read_json(index, &Value::Array(list)))
-            }
-            "state" => {
-                if !matches!(arg, "any" | "passing" | "warning" | "critical") {
-                    return Err(ApiError::bad_request(format!("Invalid state {arg:?}")));
-                }
-                let list: Vec<Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|(_, c)| arg == "any" || c.status == arg)
-                    .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(Reply::read_json(index, &Value::Array(list)))
-            }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
-        }
+        v
     }
+}
+
+/// The network coordinate of a fresh single-node cluster (Serf's origin).
+pub(crate) fn coordinate() -> Value {
+    json!({"Vec": [0, 0, 0, 0, 0, 0, 0, 0], "Error": 1.5, "Adjustment": 0, "Height": 1e-5})
 }

@@ -8,7 +8,13 @@
 
 mod agent;
 mod blocking;
+mod catalog;
+mod checks;
+mod coordinate;
+mod dc;
+mod event;
 mod gojson;
+mod health;
 mod json;
 mod kv;
 mod operator;
@@ -31,7 +37,8 @@ pub(crate) use json::{
     duration_field, field, go_kind, json_body, map_field, str_field, strings_field, to_map,
 };
 
-pub(crate) use agent::{CheckKind, CheckState, ServiceState};
+pub(crate) use catalog::ServiceState;
+pub(crate) use checks::{CheckKind, CheckState};
 pub(crate) use kv::KvEntry;
 pub(crate) use session::SessionState;
 
@@ -123,6 +130,9 @@ pub struct SimConfig {
     /// Shortest session TTL accepted (Consul's agent option `session_ttl_min`, default 10 s).
     /// Lower it for real-time tests that must fail over in a few seconds.
     pub session_ttl_min: Duration,
+    /// Run script checks (`Args`), like Consul's `enable_script_checks`; off by default, as
+    /// in Consul, and registering one is then refused.
+    pub enable_script_checks: bool,
 }
 
 impl Default for SimConfig {
@@ -136,6 +146,7 @@ impl Default for SimConfig {
             max_txn_ops: 128,
             seed: 0x5eed,
             session_ttl_min: Duration::from_secs(10),
+            enable_script_checks: false,
         }
     }
 }
@@ -146,6 +157,8 @@ pub(crate) struct NodeState {
     pub(crate) id: String,
     pub(crate) address: String,
     pub(crate) meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) tagged_addresses: BTreeMap<String, String>,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }
@@ -206,20 +219,21 @@ pub struct Consul {
     pub(crate) leader_lost: bool,
     /// The undo log of the transaction being applied, if any.
     pub(crate) txn: Option<txn::UndoLog>,
+    /// User events the agent received (agent memory, not raft: not in snapshots).
+    pub(crate) events: event::Events,
 }
 
 impl Consul {
-    /// A fresh store: the agent's node registered with a passing `serfHealth` check.
+    /// A fresh store: the agent's node registered as a Consul server registers itself.
     pub fn new(config: SimConfig) -> Consul {
         let mut c = Consul {
             state: State { rng: config.seed | 1, ..Default::default() },
             config,
             leader_lost: false,
             txn: None,
+            events: event::Events::default(),
         };
-        let node = c.config.node_name.clone();
-        let address = c.config.node_address.clone();
-        c.ensure_node(&node, &address);
+        c.register_agent_node();
         c
     }
 
@@ -288,6 +302,9 @@ impl Consul {
             Ok(t) => t,
             Err(msg) => return Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg)),
         };
+        if let Some(resp) = self.wrong_datacenter(&req.method, &target) {
+            return Outcome::Done(resp);
+        }
         let path = target.path.as_str();
         if self.leader_lost && !path.starts_with("/v1/status/") && !path.starts_with("/v1/agent/") {
             return Outcome::Done(SimResponse::text(
@@ -323,6 +340,8 @@ impl Consul {
             (Reply::Read { index, response }, _) => {
                 Outcome::Done(response.with_index(index, !self.leader_lost))
             }
+            (Reply::Watch { moved: false, .. }, Some((_, wait))) if block => self.park(now, wait),
+            (Reply::Watch { response, .. }, _) => Outcome::Done(response),
             (Reply::Write(response), _) => Outcome::Done(response),
         }
     }
@@ -351,6 +370,12 @@ impl Consul {
         }
         if let Some(rest) = path.strip_prefix("/v1/operator/") {
             return self.operator_endpoint(now, m, rest, t, &req.body);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/event/") {
+            return self.event_endpoint(m, rest, t, &req.body);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/coordinate/") {
+            return self.coordinate_endpoint(m, rest, t);
         }
         if let Some(rest) = path.strip_prefix("/v1/health/") {
             expect(m, &Method::GET, path)?;
@@ -452,8 +477,17 @@ impl Consul {
 
 /// What an endpoint produced: a read (blockable, carries an index) or a write.
 pub(crate) enum Reply {
-    Read { index: u64, response: SimResponse },
+    Read {
+        index: u64,
+        response: SimResponse,
+    },
     Write(SimResponse),
+    /// A blockable read whose index is not ordered (the event list's hash): it blocks
+    /// while `moved` is false, and carries its own headers.
+    Watch {
+        moved: bool,
+        response: SimResponse,
+    },
 }
 
 impl Reply {

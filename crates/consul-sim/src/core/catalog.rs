@@ -1,0 +1,556 @@
+//! `/v1/catalog`: nodes and the services registered on them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, CheckKind, CheckState, Consul, NodeState, Reply, SimResponse, SimTime, Target,
+    expect, field, json_body, map_field, str_field, strings_field, to_map,
+};
+
+/// The built-in service a Consul server registers for itself.
+pub(crate) const CONSUL_SERVICE: &str = "consul";
+
+/// Consul's server RPC port, the `consul` service's port.
+pub(crate) const SERVER_PORT: u16 = 8300;
+
+/// A service instance's load-balancing weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Weights {
+    pub(crate) passing: u64,
+    pub(crate) warning: u64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights { passing: 1, warning: 1 }
+    }
+}
+
+/// One registered service instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ServiceState {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) address: String,
+    pub(crate) port: u16,
+    pub(crate) meta: BTreeMap<String, String>,
+    /// `{"lan": {"Address": …, "Port": …}, …}` as registered.
+    #[serde(default)]
+    pub(crate) tagged_addresses: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub(crate) enable_tag_override: bool,
+    #[serde(default)]
+    pub(crate) weights: Weights,
+    pub(crate) create_index: u64,
+    pub(crate) modify_index: u64,
+}
+
+impl ServiceState {
+    /// Reads a service definition: `name_field` is `Name` for the agent, `Service` for the
+    /// catalog.
+    pub(crate) fn parse(def: &Value, name_field: &str) -> Result<ServiceState, ApiError> {
+        if !def.is_object() {
+            return Err(ApiError::bad_request(
+                "Request decode failed: the service must be a JSON object",
+            ));
+        }
+        let name = str_field(def, name_field)?
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::bad_request("Missing service name"))?;
+        let id = str_field(def, "ID")?.filter(|n| !n.is_empty()).unwrap_or_else(|| name.clone());
+        let port = match field(def, "Port") {
+            None => 0,
+            Some(v) => v
+                .as_u64()
+                .filter(|p| *p <= u64::from(u16::MAX))
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid Port {v}")))?
+                as u16,
+        };
+        let tagged_addresses = match field(def, "TaggedAddresses") {
+            None => BTreeMap::new(),
+            Some(Value::Object(m)) => {
+                let mut out = BTreeMap::new();
+                for (k, v) in m {
+                    let address = str_field(v, "Address")?.unwrap_or_default();
+                    let port = field(v, "Port").and_then(Value::as_u64).unwrap_or(0);
+                    out.insert(k.clone(), json!({"Address": address, "Port": port}));
+                }
+                out
+            }
+            Some(_) => return Err(ApiError::bad_request("TaggedAddresses must be an object")),
+        };
+        let weights = match field(def, "Weights") {
+            None => Weights::default(),
+            Some(w) => Weights {
+                passing: field(w, "Passing").and_then(Value::as_u64).unwrap_or(1),
+                warning: field(w, "Warning").and_then(Value::as_u64).unwrap_or(1),
+            },
+        };
+        let enable_tag_override = match field(def, "EnableTagOverride") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::bad_request("EnableTagOverride must be a boolean")),
+        };
+        Ok(ServiceState {
+            id,
+            name,
+            tags: strings_field(def, "Tags")?,
+            address: str_field(def, "Address")?.unwrap_or_default(),
+            port,
+            meta: map_field(def, "Meta")?,
+            tagged_addresses,
+            enable_tag_override,
+            weights,
+            create_index: 0,
+            modify_index: 0,
+        })
+    }
+
+    pub(crate) fn weights_json(&self) -> Value {
+        json!({"Passing": self.weights.passing, "Warning": self.weights.warning})
+    }
+
+    pub(crate) fn tagged_addresses_json(&self) -> Value {
+        Value::Object(self.tagged_addresses.clone().into_iter().collect())
+    }
+
+    /// True if the instance carries every tag in `tags` (repeated `?tag=` combine with AND).
+    pub(crate) fn has_tags(&self, tags: &[&str]) -> bool {
+        tags.iter().all(|t| self.tags.iter().any(|x| x == t))
+    }
+}
+
+/// Catalog maps print `null` when empty, as Go's nil maps do.
+fn map_or_null(m: &BTreeMap<String, String>) -> Value {
+    if m.is_empty() { Value::Null } else { to_map(m) }
+}
+
+/// A catalog or health read, with the consistency mode Consul reports for it.
+pub(crate) fn catalog_read(index: u64, t: &Target, value: &Value) -> Reply {
+    let mode = if t.flag("stale") {
+        "stale"
+    } else if t.flag("consistent") {
+        "consistent"
+    } else {
+        "leader"
+    };
+    let mut resp = SimResponse::json(StatusCode::OK, value);
+    resp.headers.push(("X-Consul-Effective-Consistency", mode.into()));
+    Reply::read(index, resp)
+}
+
+/// Every `?tag=` of a request.
+pub(crate) fn tags_param(t: &Target) -> Vec<&str> {
+    t.query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.as_str()).collect()
+}
+
+impl Consul {
+    /// Registers the agent's own node as a Consul server does when it starts: the node
+    /// with its ID, tagged addresses and segment meta, the `serfHealth` check and the
+    /// `consul` service. The node is updated once more right after (Consul's anti-entropy
+    /// does the same), so a fresh agent's catalog index is 2.
+    pub(crate) fn register_agent_node(&mut self) {
+        let name = self.config.node_name.clone();
+        let address = self.config.node_address.clone();
+        let index = self.bump();
+        let id = self.uuid();
+        let tagged: BTreeMap<String, String> = ["lan", "lan_ipv4", "wan", "wan_ipv4"]
+            .into_iter()
+            .map(|k| (k.to_string(), address.clone()))
+            .collect();
+        self.state.nodes.insert(
+            name.clone(),
+            NodeState {
+                id,
+                address,
+                meta: [("consul-network-segment".to_string(), String::new())].into(),
+                tagged_addresses: tagged,
+                create_index: index,
+                modify_index: index,
+            },
+        );
+        self.state.checks.insert(
+            (name.clone(), "serfHealth".into()),
+            CheckState {
+                id: "serfHealth".into(),
+                name: "Serf Health Status".into(),
+                service_id: String::new(),
+                status: "passing".into(),
+                output: "Agent alive and reachable".into(),
+                notes: String::new(),
+                kind: CheckKind::Manual,
+                ttl_expires: None,
+                critical_since: None,
+                deregister_after: None,
+                next_run: None,
+                create_index: index,
+                modify_index: index,
+            },
+        );
+        let meta = [
+            ("non_voter", "false"),
+            ("raft_version", "3"),
+            ("serf_protocol_current", "2"),
+            ("serf_protocol_max", "5"),
+            ("serf_protocol_min", "1"),
+            ("version", super::agent::VERSION),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        self.state.services.insert(
+            (name.clone(), CONSUL_SERVICE.into()),
+            ServiceState {
+                id: CONSUL_SERVICE.into(),
+                name: CONSUL_SERVICE.into(),
+                tags: Vec::new(),
+                address: String::new(),
+                port: SERVER_PORT,
+                meta,
+                tagged_addresses: BTreeMap::new(),
+                enable_tag_override: false,
+                weights: Weights::default(),
+                create_index: index,
+                modify_index: index,
+            },
+        );
+        let index = self.bump();
+        if let Some(n) = self.state.nodes.get_mut(&name) {
+            n.modify_index = index;
+        }
+        self.state.catalog_index = index;
+    }
+
+    /// Registers or updates a catalog node (`catalog/register`).
+    fn upsert_node(
+        &mut self,
+        name: &str,
+        id: String,
+        address: String,
+        tagged_addresses: BTreeMap<String, String>,
+        meta: BTreeMap<String, String>,
+    ) {
+        let index = self.bump();
+        let node = self.state.nodes.entry(name.to_string()).or_insert_with(|| NodeState {
+            id: String::new(),
+            address: String::new(),
+            meta: BTreeMap::new(),
+            tagged_addresses: BTreeMap::new(),
+            create_index: index,
+            modify_index: index,
+        });
+        let new = (id, address, tagged_addresses, meta);
+        if (&node.id, &node.address, &node.tagged_addresses, &node.meta)
+            != (&new.0, &new.1, &new.2, &new.3)
+        {
+            (node.id, node.address, node.tagged_addresses, node.meta) = new;
+            node.modify_index = index;
+        }
+    }
+
+    pub(crate) fn node_json(&self, name: &str, n: &NodeState) -> Value {
+        json!({
+            "ID": n.id,
+            "Node": name,
+            "Address": n.address,
+            "Datacenter": self.config.datacenter,
+            "TaggedAddresses": map_or_null(&n.tagged_addresses),
+            "Meta": map_or_null(&n.meta),
+            "CreateIndex": n.create_index,
+            "ModifyIndex": n.modify_index,
+        })
+    }
+
+    /// A service as the catalog and health endpoints print it (`catalog/node`,
+    /// `health/service`).
+    pub(crate) fn node_service_json(&self, s: &ServiceState) -> Value {
+        let mut v = json!({
+            "ID": s.id,
+            "Service": s.name,
+            "Tags": s.tags,
+            "Address": s.address,
+            "Meta": map_or_null(&s.meta),
+            "Port": s.port,
+            "Weights": s.weights_json(),
+            "EnableTagOverride": s.enable_tag_override,
+            "Proxy": {"MeshGateway": {}, "Expose": {}},
+            "Connect": {},
+            "CreateIndex": s.create_index,
+            "ModifyIndex": s.modify_index,
+        });
+        if !s.tagged_addresses.is_empty()
+            && let Some(o) = v.as_object_mut()
+        {
+            o.insert("TaggedAddresses".into(), s.tagged_addresses_json());
+        }
+        v
+    }
+
+    pub(crate) fn catalog_service_json(&self, node: &str, s: &ServiceState) -> Value {
+        let n = self.state.nodes.get(node);
+        let mut v = json!({
+            "ID": n.map(|n| n.id.clone()).unwrap_or_default(),
+            "Node": node,
+            "Address": n.map(|n| n.address.clone()).unwrap_or_default(),
+            "Datacenter": self.config.datacenter,
+            "TaggedAddresses": n.map_or(Value::Null, |n| map_or_null(&n.tagged_addresses)),
+            "NodeMeta": n.map_or(Value::Null, |n| map_or_null(&n.meta)),
+            "ServiceKind": "",
+            "ServiceID": s.id,
+            "ServiceName": s.name,
+            "ServiceTags": s.tags,
+            "ServiceAddress": s.address,
+            "ServiceWeights": s.weights_json(),
+            "ServiceMeta": to_map(&s.meta),
+            "ServicePort": s.port,
+            "ServiceEnableTagOverride": s.enable_tag_override,
+            "ServiceProxy": {"MeshGateway": {}, "Expose": {}},
+            "ServiceConnect": {},
+            "CreateIndex": s.create_index,
+            "ModifyIndex": s.modify_index,
+        });
+        if !s.tagged_addresses.is_empty()
+            && let Some(o) = v.as_object_mut()
+        {
+            o.insert("ServiceTaggedAddresses".into(), s.tagged_addresses_json());
+        }
+        v
+    }
+
+    pub(crate) fn catalog_endpoint(
+        &mut self,
+        now: SimTime,
+        method: &Method,
+        rest: &str,
+        t: &Target,
+        body: &Bytes,
+    ) -> Result<Reply, ApiError> {
+        let path = format!("/v1/catalog/{rest}");
+        let index = self.state.catalog_index;
+        let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        match verb {
+            "datacenters" => {
+                expect(method, &Method::GET, &path)?;
+                Ok(Reply::json(&json!([self.config.datacenter])))
+            }
+            "services" => {
+                expect(method, &Method::GET, &path)?;
+                let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for s in self.state.services.values() {
+                    map.entry(s.name.clone()).or_default().extend(s.tags.iter().cloned());
+                }
+                let v: serde_json::Map<String, Value> =
+                    map.into_iter().map(|(k, tags)| (k, json!(tags))).collect();
+                Ok(catalog_read(index, t, &Value::Object(v)))
+            }
+            "service" if !arg.is_empty() => {
+                expect(method, &Method::GET, &path)?;
+                let tags = tags_param(t);
+                let list: Vec<Value> = self
+                    .state
+                    .services
+                    .iter()
+                    .filter(|(_, s)| s.name == arg && s.has_tags(&tags))
+                    .map(|((node, _), s)| self.catalog_service_json(node, s))
+                    .collect();
+                Ok(catalog_read(index, t, &Value::Array(list)))
+            }
+            "nodes" => {
+                expect(method, &Method::GET, &path)?;
+                let list: Vec<Value> =
+                    self.state.nodes.iter().map(|(name, n)| self.node_json(name, n)).collect();
+                Ok(catalog_read(index, t, &Value::Array(list)))
+            }
+            "node" if !arg.is_empty() => {
+                expect(method, &Method::GET, &path)?;
+                let Some(n) = self.state.nodes.get(arg) else {
+                    return Ok(catalog_read(index, t, &Value::Null));
+                };
+                let services: serde_json::Map<String, Value> = self
+                    .state
+                    .services
+                    .iter()
+                    .filter(|((node, _), _)| node == arg)
+                    .map(|((_, id), s)| (id.clone(), self.node_service_json(s)))
+                    .collect();
+                Ok(catalog_read(
+                    index,
+                    t,
+                    &json!({"Node": self.node_json(arg, n), "Services": services}),
+                ))
+            }
+            "node-services" if !arg.is_empty() => {
+                expect(method, &Method::GET, &path)?;
+                let Some(n) = self.state.nodes.get(arg) else {
+                    return Ok(catalog_read(index, t, &json!({"Node": null, "Services": null})));
+                };
+                let services: Vec<Value> = self
+                    .state
+                    .services
+                    .iter()
+                    .filter(|((node, _), _)| node == arg)
+                    .map(|(_, s)| self.node_service_json(s))
+                    .collect();
+                Ok(catalog_read(
+                    index,
+                    t,
+                    &json!({"Node": self.node_json(arg, n), "Services": services}),
+                ))
+            }
+            "register" => {
+                expect(method, &Method::PUT, &path)?;
+                self.catalog_register(now, body)?;
+                Ok(Reply::json(&json!(true)))
+            }
+            "deregister" => {
+                expect(method, &Method::PUT, &path)?;
+                self.catalog_deregister(now, body)?;
+                Ok(Reply::json(&json!(true)))
+            }
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+        }
+    }
+
+    /// `PUT /v1/catalog/register`: a node, optionally a service and checks, in one write.
+    fn catalog_register(&mut self, now: SimTime, body: &Bytes) -> Result<(), ApiError> {
+        let reg = json_body(body, "catalog registration")?;
+        if let Some(dc) = str_field(&reg, "Datacenter")?.filter(|d| !d.is_empty())
+            && dc != self.config.datacenter
+        {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter"));
+        }
+        let node = str_field(&reg, "Node")?
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::bad_request("Missing node name"))?;
+        let address = str_field(&reg, "Address")?
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::bad_request("Missing node address"))?;
+        let skip_node_update = matches!(field(&reg, "SkipNodeUpdate"), Some(Value::Bool(true)));
+        let service =
+            field(&reg, "Service").map(|s| ServiceState::parse(s, "Service")).transpose()?;
+        let mut check_defs: Vec<&Value> = Vec::new();
+        if let Some(c) = field(&reg, "Check") {
+            check_defs.push(c);
+        }
+        match field(&reg, "Checks") {
+            None => {}
+            Some(Value::Array(a)) => check_defs.extend(a.iter()),
+            Some(_) => return Err(ApiError::bad_request("Checks must be a list")),
+        }
+        let mut checks = Vec::new();
+        for c in check_defs {
+            checks.push(catalog_check(c)?);
+        }
+        if !(skip_node_update && self.state.nodes.contains_key(&node)) {
+            let id = str_field(&reg, "ID")?.unwrap_or_default();
+            let tagged = map_field(&reg, "TaggedAddresses")?;
+            let meta = map_field(&reg, "NodeMeta")?;
+            self.upsert_node(&node, id, address, tagged, meta);
+        }
+        if let Some(mut s) = service {
+            let index = self.bump();
+            let key = (node.clone(), s.id.clone());
+            s.create_index = self.state.services.get(&key).map_or(index, |o| o.create_index);
+            s.modify_index = index;
+            self.state.services.insert(key, s);
+        }
+        for c in checks {
+            self.put_check(now, &node, c);
+        }
+        self.state.catalog_index = self.bump();
+        Ok(())
+    }
+
+    /// `PUT /v1/catalog/deregister`: a service, a check or a whole node. Unknown names are
+    /// not an error.
+    fn catalog_deregister(&mut self, now: SimTime, body: &Bytes) -> Result<(), ApiError> {
+        let reg = json_body(body, "catalog deregistration")?;
+        if let Some(dc) = str_field(&reg, "Datacenter")?.filter(|d| !d.is_empty())
+            && dc != self.config.datacenter
+        {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter"));
+        }
+        let node = str_field(&reg, "Node")?
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::bad_request("Missing node name"))?;
+        let service = str_field(&reg, "ServiceID")?.filter(|s| !s.is_empty());
+        let check = str_field(&reg, "CheckID")?.filter(|s| !s.is_empty());
+        match (service, check) {
+            (Some(sid), _) => self.deregister_service(now, &node, &sid),
+            (None, Some(cid)) => {
+                if self.state.checks.remove(&(node.clone(), cid.clone())).is_some() {
+                    for s in self.sessions_bound_to(&node, &cid) {
+                        self.invalidate_session(now, &s);
+                    }
+                    self.state.catalog_index = self.bump();
+                }
+            }
+            (None, None) => {
+                let agent_id = self.state.nodes.get(&node).map(|n| n.id.clone());
+                let sessions: Vec<String> = self
+                    .state
+                    .sessions
+                    .values()
+                    .filter(|s| s.node == node)
+                    .map(|s| s.id.clone())
+                    .collect();
+                for s in sessions {
+                    self.invalidate_session(now, &s);
+                }
+                self.state.nodes.remove(&node);
+                self.state.services.retain(|(n, _), _| *n != node);
+                self.state.checks.retain(|(n, _), _| *n != node);
+                self.state.catalog_index = self.bump();
+                if node == self.config.node_name {
+                    // Consul's anti-entropy puts the agent's own node back; the sim does it
+                    // at once (the agent's services are gone, as after a real deregister).
+                    self.register_agent_node();
+                    if let (Some(id), Some(n)) = (agent_id, self.state.nodes.get_mut(&node)) {
+                        n.id = id;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A check in a catalog registration: no runner, critical unless a Status is given.
+fn catalog_check(def: &Value) -> Result<CheckState, ApiError> {
+    if !def.is_object() {
+        return Err(ApiError::bad_request("a check must be a JSON object"));
+    }
+    let id = str_field(def, "CheckID")?
+        .or(str_field(def, "ID")?)
+        .filter(|s| !s.is_empty())
+        .or(str_field(def, "Name")?)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("Missing check ID"))?;
+    let status =
+        str_field(def, "Status")?.filter(|s| !s.is_empty()).unwrap_or_else(|| "critical".into());
+    if !super::checks::valid_status(&status) {
+        return Err(ApiError::bad_request(format!("check {id:?}: invalid Status {status:?}")));
+    }
+    let service_id = str_field(def, "ServiceID")?.filter(|s| !s.is_empty()).unwrap_or_default();
+    Ok(CheckState {
+        name: str_field(def, "Name")?.unwrap_or_else(|| id.clone()),
+        notes: str_field(def, "Notes")?.unwrap_or_default(),
+        output: str_field(def, "Output")?.unwrap_or_default(),
+        service_id,
+        status,
+        kind: CheckKind::Manual,
+        id,
+        ttl_expires: None,
+        critical_since: None,
+        deregister_after: None,
+        next_run: None,
+        create_index: 0,
+        modify_index: 0,
+    })
+}

@@ -1,0 +1,46 @@
+//! `/v1/coordinate`: network coordinates. A single-node sim has one coordinate, Serf's
+//! origin, for the agent's node; nodes registered through the catalog have none.
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::agent::coordinate;
+use super::{ApiError, Consul, Reply, SimResponse, Target, expect};
+
+impl Consul {
+    fn coordinate_entry(&self) -> Value {
+        json!({"Node": self.config.node_name, "Segment": "", "Coord": coordinate()})
+    }
+
+    pub(crate) fn coordinate_endpoint(
+        &self,
+        method: &Method,
+        rest: &str,
+        _t: &Target,
+    ) -> Result<Reply, ApiError> {
+        expect(method, &Method::GET, &format!("/v1/coordinate/{rest}"))?;
+        let index = self.state.catalog_index;
+        match rest.split_once('/') {
+            None if rest == "datacenters" => Ok(Reply::json(&json!([{
+                "Datacenter": self.config.datacenter,
+                "AreaID": "wan",
+                "Coordinates": [self.coordinate_entry()],
+            }]))),
+            None if rest == "nodes" => {
+                Ok(Reply::read_json(index, &json!([self.coordinate_entry()])))
+            }
+            Some(("node", node)) if !node.is_empty() => {
+                if node != self.config.node_name {
+                    // Consul answers an unknown node with a bare 404.
+                    return Ok(Reply::write(SimResponse {
+                        status: StatusCode::NOT_FOUND,
+                        headers: Vec::new(),
+                        body: Default::default(),
+                    }));
+                }
+                Ok(Reply::read_json(index, &json!([self.coordinate_entry()])))
+            }
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `/v1/health`: services with their checks, checks by service, node and state.
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{ApiError, CheckState, Consul, Reply, Target};
+
+impl Consul {
+    pub(crate) fn health_endpoint(&self, rest: &str, t: &Target) -> Result<Reply, ApiError> {
+        let index = self.state.catalog_index;
+        let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        if arg.is_empty() {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found"));
+        }
+        let checks_of = |node: &str, service: Option<&str>| -> Vec<&CheckState> {
+            let mut checks = self
+                .state
+                .checks
+                .iter()
+                .filter(|((n, _), c)| {
+                    n == node && (c.service_id.is_empty() || Some(c.service_id.as_str()) == service)
+                })
+                .map(|(_, c)| c)
+                .collect::<Vec<_>>();
+            // Consul lists the node's checks before the service's.
+            checks.sort_by_key(|c| !c.service_id.is_empty());
+            checks
+        };
+        match verb {
+            "service" => {
+                let tags = super::catalog::tags_param(t);
+                let passing = t.flag("passing");
+                let mut list = Vec::new();
+                for ((node, _), s) in &self.state.services {
+                    if s.name != arg || !s.has_tags(&tags) {
+                        continue;
+                    }
+                    let checks = checks_of(node, Some(&s.id));
+                    if passing && checks.iter().any(|c| c.status != "passing") {
+                        continue;
+                    }
+                    let Some(n) = self.state.nodes.get(node) else { continue };
+                    let service = self.node_service_json(s);
+                    list.push(json!({
+                        "Node": self.node_json(node, n),
+                        "Service": service,
+                        "Checks": checks.iter().map(|c| self.check_json(node, c)).collect::<Vec<_>>(),
+                    }));
+                }
+                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
+            }
+            "checks" => {
+                let list: Vec<Value> = self
+                    .state
+                    .checks
+                    .iter()
+                    .filter(|((node, _), c)| {
+                        self.state
+                            .services
+                            .get(&(node.clone(), c.service_id.clone()))
+                            .is_some_and(|s| s.name == arg)
+                    })
+                    .map(|((node, _), c)| self.check_json(node, c))
+                    .collect();
+                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
+            }
+            "node" => {
+                let list: Vec<Value> = self
+                    .state
+                    .checks
+                    .iter()
+                    .filter(|((node, _), _)| node == arg)
+                    .map(|((node, _), c)| self.check_json(node, c))
+                    .collect();
+                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
+            }
+            "state" => {
+                if !matches!(arg, "any" | "passing" | "warning" | "critical") {
+                    return Err(ApiError::bad_request(format!("Invalid state {arg:?}")));
+                }
+                let list: Vec<Value> = self
+                    .state
+                    .checks
+                    .iter()
+                    .filter(|(_, c)| arg == "any" || c.status == arg)
+                    .map(|((node, _), c)| self.check_json(node, c))
+                    .collect();
+                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
+            }
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+        }
+    }
+}
