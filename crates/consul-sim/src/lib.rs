@@ -29,6 +29,7 @@
 //! ```
 
 pub mod core;
+pub mod persist;
 mod server;
 mod sim;
 
