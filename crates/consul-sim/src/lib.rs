@@ -34,5 +34,5 @@ mod server;
 mod sim;
 
 pub use crate::core::{Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
-pub use server::Server;
+pub use server::{ServeOptions, Server};
 pub use sim::{Failure, Sim, SimTransport};

@@ -19,7 +19,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use request::{SimRequest, Target};
+pub use request::{BadTarget, SimRequest, Target};
 
 pub(crate) use agent::{CheckKind, CheckState, ServiceState};
 pub(crate) use kv::KvEntry;
