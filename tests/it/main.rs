@@ -9,5 +9,6 @@ mod rs_consul;
 mod shards;
 mod sim_agent;
 mod sim_model;
+mod sim_server;
 mod sim_wire;
 mod support;
