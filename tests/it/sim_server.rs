@@ -172,6 +172,7 @@ fn a_data_dir_restarted_under_another_node_name_works() {
     assert_eq!(http(agent.addr, "PUT", "/v1/kv/k", "v"), Some((200, "true".into())));
     let reg = r#"{"Name":"web","Port":80}"#;
     assert_eq!(http(agent.addr, "PUT", "/v1/agent/service/register", reg).map(|r| r.0), Some(200));
+    assert_eq!(http(agent.addr, "PUT", "/v1/session/create", "{}").map(|r| r.0), Some(200));
     drop(agent);
     let agent = Agent::start(&dir, &["--data-dir", data_arg, "--node", "beta"], None);
     let (status, me) = http(agent.addr, "GET", "/v1/agent/self", "").unwrap();
@@ -180,8 +181,14 @@ fn a_data_dir_restarted_under_another_node_name_works() {
     let reg = r#"{"Name":"api","Port":81}"#;
     assert_eq!(http(agent.addr, "PUT", "/v1/agent/service/register", reg).map(|r| r.0), Some(200));
     assert_eq!(http(agent.addr, "PUT", "/v1/session/create", "{}").map(|r| r.0), Some(200));
+    // As Consul 1.8.7 on a data dir (same node ID): the node is renamed in place, the
+    // agent's services follow it, the old name's sessions are gone.
     let (_, nodes) = http(agent.addr, "GET", "/v1/catalog/nodes", "").unwrap();
-    assert!(nodes.contains("\"alpha\"") && nodes.contains("\"beta\""), "{nodes}");
+    assert!(!nodes.contains("\"alpha\"") && nodes.contains("\"beta\""), "{nodes}");
+    let (_, services) = http(agent.addr, "GET", "/v1/agent/services", "").unwrap();
+    assert!(services.contains("\"web\"") && services.contains("\"api\""), "{services}");
+    let (_, sessions) = http(agent.addr, "GET", "/v1/session/node/alpha", "").unwrap();
+    assert_eq!(sessions, "[]");
     assert!(
         agent.stderr().is_empty() || !agent.stderr().contains("panicked"),
         "{}",

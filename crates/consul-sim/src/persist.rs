@@ -5,9 +5,10 @@
 //! # Files
 //!
 //! - `consul-sim.snapshot`: one header line of JSON
-//!   (`{"Format":"consul-sim snapshot","Version":1,"Seq":S,"Node":"…","Len":N,"Xxh3":"…"}`),
-//!   then the store as JSON: `Len` bytes whose XXH3-64 is `Xxh3`. It holds the effect of
-//!   every log record up to `Seq`. Written to a temp file, fsynced, renamed over the old
+//!   (`{"Format":"consul-sim snapshot","Version":1,"Seq":S,"Node":"…","Config":{…},"Len":N,
+//!   "Xxh3":"…"}`), then the store as JSON: `Len` bytes whose XXH3-64 is `Xxh3`. It holds
+//!   the effect of every log record up to `Seq`; the log after it was written under `Node`
+//!   and `Config`, and is replayed under them even if the agent restarts with others. Written to a temp file, fsynced, renamed over the old
 //!   one, and the directory fsynced.
 //! - `wal-<first seq>.log`: log segments. A record is framed as
 //!   `[payload length: u32 LE][XXH3-64 of the payload: u64 LE][payload]`; the payload is
@@ -59,10 +60,13 @@
 //!
 //! # Another node name
 //!
-//! The snapshot remembers the agent's node. Restarted under another name, the agent
-//! registers its new node; the old one stays in the catalog with its `serfHealth` critical
-//! ("Agent not live or unreachable"), as Consul shows a node that left without
-//! deregistering, so sessions bound to it are invalidated.
+//! The snapshot remembers the agent's node. Consul keeps a node's ID in its data dir, so a
+//! server restarted on it under another `-node` renames its catalog entry in place: same
+//! ID and `CreateIndex`, the agent's services and checks move to the new name, a fresh
+//! `serfHealth`, and the sessions of the old name are gone (measured on Consul 1.8.7: a
+//! `-server -bootstrap-expect=1 -data-dir` agent restarted with another `-node`). The sim
+//! does the same; sessions are invalidated as on any node loss (their locks released or
+//! deleted, lock-delay applied).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -99,8 +103,50 @@ struct SnapshotHeader {
     version: u32,
     seq: u64,
     node: String,
+    /// The configuration the log after this snapshot was written under: replay uses it, so
+    /// a restart with other options (a lower `session_ttl_min`…) replays the same way.
+    config: LoggedConfig,
     len: usize,
     xxh3: String,
+}
+
+/// The parts of [`SimConfig`] that decide how a request is answered.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct LoggedConfig {
+    node_address: String,
+    datacenter: String,
+    ttl_grace: f64,
+    max_value_size: usize,
+    max_txn_ops: usize,
+    session_ttl_min_ns: u64,
+}
+
+impl LoggedConfig {
+    fn of(c: &SimConfig) -> LoggedConfig {
+        LoggedConfig {
+            node_address: c.node_address.clone(),
+            datacenter: c.datacenter.clone(),
+            ttl_grace: c.ttl_grace,
+            max_value_size: c.max_value_size,
+            max_txn_ops: c.max_txn_ops,
+            session_ttl_min_ns: u64::try_from(c.session_ttl_min.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// `base` with these settings and `node`.
+    fn apply(&self, node: &str, base: &SimConfig) -> SimConfig {
+        SimConfig {
+            node_name: node.to_string(),
+            node_address: self.node_address.clone(),
+            datacenter: self.datacenter.clone(),
+            ttl_grace: self.ttl_grace,
+            max_value_size: self.max_value_size,
+            max_txn_ops: self.max_txn_ops,
+            session_ttl_min: Duration::from_nanos(self.session_ttl_min_ns),
+            ..base.clone()
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -200,7 +246,8 @@ impl Op {
 #[derive(Debug)]
 pub(crate) struct DataDir {
     dir: PathBuf,
-    node: String,
+    /// The configuration this run's records are written under.
+    config: SimConfig,
     log: Mutex<Log>,
     /// Held while a snapshot is written, so writers take turns on the temp file.
     turn: Mutex<()>,
@@ -248,6 +295,8 @@ impl DataDir {
             let bytes = fs::read(&file).map_err(io_err(&file))?;
             let (header, state) =
                 parse_snapshot(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            // Replay under the configuration the log was written with.
+            core.config = header.config.apply(&header.node, &config);
             core.state = state;
             (header.seq, Some(header.node))
         } else if let Some((_, path)) = segments.first() {
@@ -286,32 +335,25 @@ impl DataDir {
             }
         }
         core.set_leader_lost(false);
+        core.config = config.clone();
         if old_node.is_some() {
             // The old run's times mean nothing now: restart every timer from zero.
             let bytes = core.snapshot()?;
             core.restore(SimTime::default(), &bytes)?;
         }
         let node = config.node_name.clone();
-        core.ensure_node(&node, &config.node_address);
-        if let Some(old) = old_node.filter(|o| *o != node)
-            && core.state.nodes.contains_key(&old)
-        {
-            tracing::info!(old = %old, new = %node, "the data dir belonged to another node");
-            core.record_check(
-                SimTime::default(),
-                &old,
-                "serfHealth",
-                "critical",
-                "Agent not live or unreachable",
-            );
+        if let Some(old) = old_node.filter(|o| *o != node) {
+            tracing::info!(old = %old, new = %node, "the data dir belonged to another node name");
+            rename_node(&mut core, &old, &node);
         }
-        write_snapshot(dir, &core.snapshot()?, seq, &node)?;
+        core.ensure_node(&node, &config.node_address);
+        write_snapshot(dir, &core.snapshot()?, seq, &node, &config)?;
         for (_, path) in &segments {
             fs::remove_file(path).map_err(io_err(path))?;
         }
         let log = Log::create(dir, seq)?;
         let data =
-            DataDir { dir: dir.to_path_buf(), node, log: Mutex::new(log), turn: Mutex::new(()) };
+            DataDir { dir: dir.to_path_buf(), config, log: Mutex::new(log), turn: Mutex::new(()) };
         Ok((data, core))
     }
 
@@ -383,7 +425,7 @@ impl DataDir {
             log.bytes = 0;
             (bytes, seq, log.path.clone())
         };
-        write_snapshot(&self.dir, &bytes, seq, &self.node)?;
+        write_snapshot(&self.dir, &bytes, seq, &self.config.node_name, &self.config)?;
         for (_, path) in segments(&self.dir)? {
             if path != current {
                 fs::remove_file(&path).map_err(io_err(&path))?;
@@ -409,6 +451,45 @@ impl Log {
         sync_dir(dir);
         Ok(Log { file, path, seq, records: 0, bytes: 0, len: 0, broken: None })
     }
+}
+
+/// Renames the agent's node in the catalog, as Consul does when its data dir (and so its
+/// node ID) comes back under another name. See the [module docs](self).
+fn rename_node(core: &mut Consul, old: &str, new: &str) {
+    if !core.state.nodes.contains_key(old) || core.state.nodes.contains_key(new) {
+        return;
+    }
+    let now = SimTime::default();
+    let sessions: Vec<String> =
+        core.state.sessions.values().filter(|s| s.node == old).map(|s| s.id.clone()).collect();
+    for id in sessions {
+        core.expire_session(now, &id);
+    }
+    let index = core.bump();
+    if let Some(mut n) = core.state.nodes.remove(old) {
+        n.modify_index = index;
+        core.state.nodes.insert(new.to_string(), n);
+    }
+    let services: Vec<_> = core.state.services.keys().filter(|(n, _)| n == old).cloned().collect();
+    for key in services {
+        if let Some(s) = core.state.services.remove(&key) {
+            core.state.services.insert((new.to_string(), key.1), s);
+        }
+    }
+    let checks: Vec<_> = core.state.checks.keys().filter(|(n, _)| n == old).cloned().collect();
+    for key in checks {
+        if let Some(mut c) = core.state.checks.remove(&key) {
+            if c.id == "serfHealth" {
+                c.status = "passing".into();
+                c.output = "Agent alive and reachable".into();
+                c.critical_since = None;
+                c.create_index = index;
+                c.modify_index = index;
+            }
+            core.state.checks.insert((new.to_string(), key.1), c);
+        }
+    }
+    core.state.catalog_index = index;
 }
 
 /// The log segments in `dir`, in order.
@@ -508,12 +589,19 @@ fn parse_snapshot(bytes: &[u8]) -> Result<(SnapshotHeader, State), String> {
     Ok((header, state))
 }
 
-fn write_snapshot(dir: &Path, state: &[u8], seq: u64, node: &str) -> Result<(), String> {
+fn write_snapshot(
+    dir: &Path,
+    state: &[u8],
+    seq: u64,
+    node: &str,
+    config: &SimConfig,
+) -> Result<(), String> {
     let header = SnapshotHeader {
         format: FORMAT.into(),
         version: VERSION,
         seq,
         node: node.into(),
+        config: LoggedConfig::of(config),
         len: state.len(),
         xxh3: format!("{:016x}", xxh3_64(state)),
     };
@@ -733,6 +821,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_log_is_replayed_under_the_options_it_was_written_with() {
+        let dir = temp_dir("options");
+        let short = SimConfig { session_ttl_min: Duration::from_secs(1), ..config("n1") };
+        {
+            let sim = Sim::with_data_dir(short, &dir).unwrap();
+            let (status, body) =
+                call(&sim, Method::PUT, "/v1/session/create", r#"{"TTL":"2s"}"#).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        // Restarted with the default minimum (10 s), which would refuse that TTL.
+        let sim = Sim::with_data_dir(config("n1"), &dir).unwrap();
+        let (_, list) = call(&sim, Method::GET, "/v1/session/list", "").await;
+        assert!(list.contains("\"TTL\":\"2s\""), "{list}");
+        let (status, _) = call(&sim, Method::PUT, "/v1/session/create", r#"{"TTL":"2s"}"#).await;
+        assert_ne!(status, 200, "the new run has the new options");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_torn_final_record_is_dropped_and_the_rest_replayed() {
         let dir = temp_dir("torn");
         {
@@ -839,15 +946,30 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_data_dir_restarted_under_another_node_name_serves_the_new_node() {
         let dir = temp_dir("rename");
-        {
+        let (session, node_id) = {
             let sim = Sim::with_data_dir(config("old"), &dir).unwrap();
             assert_eq!(call(&sim, Method::PUT, "/v1/kv/a", "1").await.0, 200);
             let (status, _) =
                 call(&sim, Method::PUT, "/v1/agent/service/register", r#"{"Name":"web"}"#).await;
             assert_eq!(status, 200);
-        }
+            let (_, body) = call(&sim, Method::PUT, "/v1/session/create", "{}").await;
+            let id: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let id = id["ID"].as_str().unwrap().to_string();
+            let target = format!("/v1/kv/lock?acquire={id}");
+            assert_eq!(call(&sim, Method::PUT, &target, "held").await, (200, "true".into()));
+            let node_id = sim.core().state.nodes["old"].id.clone();
+            (id, node_id)
+        };
         let sim = Sim::with_data_dir(config("new"), &dir).unwrap();
         assert_eq!(get(&sim, "a").await.as_deref(), Some("1"));
+        // The old session is gone and its lock released; the service moved with the node.
+        assert_eq!(call(&sim, Method::GET, "/v1/session/list", "").await.1, "[]");
+        let (_, lock) = call(&sim, Method::GET, "/v1/kv/lock", "").await;
+        assert!(lock.contains("\"LockIndex\":1") && !lock.contains(&session), "{lock}");
+        let (_, services) = call(&sim, Method::GET, "/v1/agent/services", "").await;
+        assert!(services.contains("\"web\""), "{services}");
+        let (_, nodes) = call(&sim, Method::GET, "/v1/catalog/nodes", "").await;
+        assert!(nodes.contains(&node_id) && !nodes.contains("\"old\""), "{nodes}");
         let (status, body) = call(&sim, Method::GET, "/v1/agent/self", "").await;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\"new\""), "{body}");
@@ -857,9 +979,9 @@ mod tests {
         let (status, body) = call(&sim, Method::PUT, "/v1/session/create", "{}").await;
         assert_eq!(status, 200, "{body}");
         let (_, body) = call(&sim, Method::GET, "/v1/health/node/old", "").await;
-        assert!(body.contains("critical") && body.contains("Agent not live"), "{body}");
+        assert_eq!(body, "[]");
         let (_, body) = call(&sim, Method::GET, "/v1/health/node/new", "").await;
-        assert!(body.contains("passing"), "{body}");
+        assert!(body.contains("passing") && !body.contains("critical"), "{body}");
         let _ = fs::remove_dir_all(&dir);
     }
 }
