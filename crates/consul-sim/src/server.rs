@@ -12,7 +12,7 @@
 //!   1 s as Go's net/http does, and is logged once per burst rather than spinning;
 //! - an invalid `%` escape in the path gets Go's `400 Bad Request` and the connection is
 //!   closed; one in the query gets Consul's 500 with an empty body; a malformed chunked
-//!   body gets the answer of Consul's endpoint (see [`malformed_body`]).
+//!   body gets the answer of Consul's endpoint (`malformed_body`).
 //!
 //! Fault injection is served under its own prefix, `/v1/_sim/`, which no Consul path uses,
 //! and only when [`ServeOptions::fault_injection`] is on ([`Sim::serve`] turns it on;
@@ -287,16 +287,16 @@ async fn handle(
 }
 
 /// The answer to a request body that could not be read (a malformed chunked encoding), as
-/// Consul 1.8.7's endpoints give it: a KV `PUT` passes Go's read error on as a 500,
-/// `/v1/txn` answers 400 `Failed to parse body: …`, other writes decode JSON and answer 400
-/// `Request decode failed: …`. `None` for reads and deletes, which never read a body:
-/// they get their normal answer (and the connection is closed after it).
+/// Consul 1.8.7's endpoints give it (measured): a KV `PUT` passes Go's read error on as a
+/// 500, `/v1/txn` answers 400 `Failed to parse body: …`, the endpoints that decode a JSON
+/// body 400 `Request decode failed: …`. `None` for every other request: those endpoints
+/// never read a body and give their normal answer (the connection is closed after it).
 fn malformed_body(
     method: &Method,
     target: &str,
     e: &(dyn std::error::Error + 'static),
 ) -> Option<http::Response<Full<Bytes>>> {
-    if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) {
+    if *method != Method::PUT {
         return None;
     }
     // Go's words for the two ways a chunked body goes wrong.
@@ -312,13 +312,22 @@ fn malformed_body(
         "malformed chunked encoding"
     };
     let path = target.split('?').next().unwrap_or(target);
-    Some(if path.starts_with("/v1/kv/") {
-        plain(StatusCode::INTERNAL_SERVER_ERROR, go)
+    let decodes_json = matches!(
+        path,
+        "/v1/agent/service/register"
+            | "/v1/agent/check/register"
+            | "/v1/catalog/register"
+            | "/v1/catalog/deregister"
+    ) || path.starts_with("/v1/agent/check/update/");
+    if path.strip_prefix("/v1/kv/").is_some_and(|key| !key.is_empty()) {
+        Some(plain(StatusCode::INTERNAL_SERVER_ERROR, go))
     } else if path == "/v1/txn" {
-        plain(StatusCode::BAD_REQUEST, format!("Failed to parse body: {go}"))
+        Some(plain(StatusCode::BAD_REQUEST, format!("Failed to parse body: {go}")))
+    } else if decodes_json {
+        Some(plain(StatusCode::BAD_REQUEST, format!("Request decode failed: {go}")))
     } else {
-        plain(StatusCode::BAD_REQUEST, format!("Request decode failed: {go}"))
-    })
+        None
+    }
 }
 
 fn to_http(resp: SimResponse) -> http::Response<Full<Bytes>> {
@@ -514,12 +523,24 @@ mod tests {
                 "400",
                 "Request decode failed: invalid byte in chunk length",
             ),
+            (
+                "PUT",
+                "/v1/catalog/deregister",
+                bad_size,
+                "400",
+                "Request decode failed: invalid byte in chunk length",
+            ),
+            // Endpoints that never read a body answer as usual.
             ("GET", "/v1/kv/c", bad_size, "404", ""),
             ("DELETE", "/v1/kv/c", bad_size, "200", "true"),
+            ("PUT", "/v1/kv/", bad_size, "400", "Missing key name"),
+            ("PUT", "/v1/nope", bad_size, "404", "*"),
         ] {
             let resp = exchange(addr, &chunked(method, path, body_)).await;
             assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{method} {path}: {resp}");
-            assert_eq!(body(&resp), text, "{method} {path}");
+            if text != "*" {
+                assert_eq!(body(&resp), text, "{method} {path}");
+            }
         }
         server.shutdown().await;
     }
