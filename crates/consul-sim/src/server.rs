@@ -12,7 +12,10 @@
 //!   1 s as Go's net/http does, and is logged once per burst rather than spinning;
 //! - an invalid `%` escape in the path gets Go's `400 Bad Request` and the connection is
 //!   closed; one in the query gets Consul's 500 with an empty body; a malformed chunked
-//!   body gets the answer of Consul's endpoint (`malformed_body`).
+//!   body gets the answer of Consul's endpoint (`malformed_body`); a missing `Host`, an
+//!   unknown `Expect` and `OPTIONS *` get Go's answers (`go_net_http`). Requests hyper
+//!   cannot parse get its bare 400 (or 431 for headers too large), where Go writes
+//!   `400 Bad Request` as the body.
 //!
 //! Fault injection is served under its own prefix, `/v1/_sim/`, which no Consul path uses,
 //! and only when [`ServeOptions::fault_injection`] is on ([`Sim::serve`] turns it on;
