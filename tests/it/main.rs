@@ -16,5 +16,6 @@ mod sim_blocking;
 mod sim_catalog;
 mod sim_kv_txn;
 mod sim_model;
+mod sim_server;
 mod sim_wire;
 mod support;

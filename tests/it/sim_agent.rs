@@ -75,8 +75,7 @@ async fn the_data_dir_survives_a_restart_and_a_torn_snapshot_write() {
         });
         let index = sim.core().index();
         // A crash in the middle of the next write leaves a torn temp file behind.
-        std::fs::write(dir.join("consul-sim.snapshot.json.tmp"), b"{\"index\": 99, \"kv\": {")
-            .unwrap();
+        std::fs::write(dir.join("consul-sim.snapshot.tmp"), b"{\"index\": 99, \"kv\": {").unwrap();
         index
     };
     let sim = Sim::with_data_dir(SimConfig::default(), &dir).unwrap();
@@ -89,9 +88,9 @@ async fn the_data_dir_survives_a_restart_and_a_torn_snapshot_write() {
     );
     assert!(sim.core().index() >= index && meta.last_index.0 > 0, "the index never goes back");
     // A corrupt snapshot is an error naming the file, not a silent empty store.
-    std::fs::write(dir.join("consul-sim.snapshot.json"), b"not json").unwrap();
+    std::fs::write(dir.join("consul-sim.snapshot"), b"not json").unwrap();
     let err = Sim::with_data_dir(SimConfig::default(), &dir).unwrap_err();
-    assert!(err.contains("consul-sim.snapshot.json"), "{err}");
+    assert!(err.contains("consul-sim.snapshot"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

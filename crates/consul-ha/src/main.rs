@@ -77,9 +77,23 @@ pub(crate) struct AgentArgs {
     /// as in Consul.
     #[arg(long)]
     pub(crate) enable_script_checks: bool,
-    /// Keep the store in this directory (snapshots after changes and on shutdown).
+    /// Keep the store in this directory: every write is logged and fsynced before it is
+    /// answered (it survives a crash); a snapshot is taken every 4096 writes or 16 MiB of
+    /// log, at start and on shutdown. A damaged file is refused, naming it.
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Serve fault injection (`/v1/_sim/…`, the `X-Sim-Client` header). Off by default:
+    /// anyone who can reach the port could partition the store.
+    #[arg(long)]
+    pub(crate) enable_fault_injection: bool,
+    /// Most concurrent HTTP connections from one client IP (Consul's
+    /// `limits.http_max_conns_per_client`); more are closed at once. 0: no limit.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) http_max_conns_per_client: usize,
+    /// Close a connection whose request headers do not arrive within this time (e.g.
+    /// `30s`; `0s`: never, as Consul 1.8.7).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub(crate) http_read_header_timeout: Duration,
     /// Shortest session TTL accepted (Consul's `session_ttl_min`); lower it for fast local
     /// failover tests.
     #[arg(long, default_value = "10s", value_parser = duration)]

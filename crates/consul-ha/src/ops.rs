@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consul_api::{Client, QueryOptions};
-use consul_sim::{Sim, SimConfig};
+use consul_sim::{ServeOptions, Sim, SimConfig};
 use futures_util::StreamExt;
 use ha_cluster::{Cluster, ClusterConfig, Health};
 use prod_config::{RoutingTable, ShardConfig, ShardManager, ShardManagerOptions, health_of};
@@ -58,10 +58,23 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     // A restored snapshot brings its generator state back: mix in fresh randomness so
     // session ids issued after the last save are never handed out twice.
     sim.with_core(|core, _| core.reseed(os_seed()));
-    let server = sim.serve(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let options = ServeOptions {
+        fault_injection: args.enable_fault_injection,
+        header_read_timeout: Some(args.http_read_header_timeout).filter(|d| !d.is_zero()),
+        max_conns_per_client: args.http_max_conns_per_client,
+    };
+    let server =
+        sim.serve_with(addr, options).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     outln!("consul-ha agent -dev: Consul HTTP API at {} (node {:?})", server.url(), args.node);
-    // The sim snapshots into the data dir by itself after changes (at most once a second);
-    // shutting down takes a last one.
+    if args.enable_fault_injection {
+        outln!(
+            "fault injection: ON (/v1/_sim/…, X-Sim-Client): any client can partition the store"
+        );
+    } else {
+        outln!("fault injection: off (--enable-fault-injection serves /v1/_sim/…)");
+    }
+    // The sim logs every write to the data dir and snapshots as the log grows; shutting
+    // down takes a last snapshot.
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -29,9 +29,10 @@
 //! ```
 
 pub mod core;
+pub mod persist;
 mod server;
 mod sim;
 
 pub use crate::core::{Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
-pub use server::Server;
+pub use server::{ServeOptions, Server};
 pub use sim::{Failure, Sim, SimTransport};

@@ -2,7 +2,7 @@
 //! in-process [`SimTransport`].
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::core::{CheckKind, Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
+use crate::persist::{self, DataDir, Op};
 
 /// Why a request got no response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,10 +39,8 @@ struct Shared {
     index: watch::Sender<u64>,
     timers_changed: Arc<Notify>,
     faults: Mutex<Faults>,
-    data_dir: Option<PathBuf>,
-    /// Held while a snapshot is written: the driver and callers of `save_snapshot` share
-    /// one temp file, so writes take turns.
-    persisting: Mutex<()>,
+    /// The write-ahead log and snapshots, with `--data-dir`.
+    data: Option<DataDir>,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -70,22 +69,16 @@ impl Sim {
         Sim::build(Consul::new(config), None)
     }
 
-    /// Starts a simulator that restores its store from `dir` (if a snapshot is there) and
-    /// saves snapshots into it atomically.
+    /// Starts a simulator that keeps its store in `dir`: every write is logged and fsynced
+    /// before it is applied, and snapshots are taken as the log grows. Restores the store
+    /// found there (snapshot plus log); a damaged file is an error naming it. See
+    /// [`persist`](crate::persist) for the files, the fsync policy and the snapshot cadence.
     pub fn with_data_dir(config: SimConfig, dir: impl Into<PathBuf>) -> Result<Sim, String> {
-        let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| format!("data dir {}: {e}", dir.display()))?;
-        let mut core = Consul::new(config);
-        let file = dir.join(SNAPSHOT_FILE);
-        if file.exists() {
-            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            core.restore(SimTime::default(), &bytes)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-        }
-        Ok(Sim::build(core, Some(dir)))
+        let (data, core) = DataDir::open(config, &dir.into())?;
+        Ok(Sim::build(core, Some(data)))
     }
 
-    fn build(core: Consul, data_dir: Option<PathBuf>) -> Sim {
+    fn build(core: Consul, data: Option<DataDir>) -> Sim {
         let (index, _) = watch::channel(core.index());
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -93,8 +86,7 @@ impl Sim {
             index,
             timers_changed: Arc::new(Notify::new()),
             faults: Mutex::default(),
-            data_dir,
-            persisting: Mutex::new(()),
+            data,
             driver: Mutex::new(None),
         });
         let driver = tokio::spawn(drive(
@@ -169,7 +161,9 @@ impl Sim {
         // keys wakes the query (the store index moved) but must not extend its wait.
         let mut first_deadline = None;
         let resp = loop {
-            let outcome = self.with_core(|core, now| core.handle(now, &req, block));
+            let outcome = self.with_core(|core, now| {
+                persist::handle(self.shared.data.as_ref(), core, now, &req, block)
+            });
             match outcome {
                 Outcome::Done(resp) => break resp,
                 Outcome::Blocked { index, deadline } => {
@@ -223,43 +217,33 @@ impl Sim {
 
     /// Fault: invalidate a session now, as if its TTL ran out. False if it did not exist.
     pub fn expire_session(&self, id: &str) -> bool {
-        self.with_core(|c, now| c.expire_session(now, id))
+        let op = Op::ExpireSession { id: id.to_string() };
+        self.with_core(|c, now| persist::apply(self.shared.data.as_ref(), c, now, op))
     }
 
     /// Fault: force a check of `node` to `status` (`passing`, `warning`, `critical`).
     pub fn set_check_status(&self, node: &str, check: &str, status: &str) -> bool {
-        self.with_core(|c, now| c.force_check_status(now, node, check, status))
+        let op = Op::ForceCheck {
+            node: node.to_string(),
+            check: check.to_string(),
+            status: status.to_string(),
+        };
+        self.with_core(|c, now| persist::apply(self.shared.data.as_ref(), c, now, op))
     }
 
-    /// Writes a snapshot into the data dir, atomically (temp file, fsync, rename).
+    /// Writes a snapshot into the data dir (atomically: temp file, fsync, rename) and
+    /// drops the log it covers. Without a data dir, does nothing.
     pub fn save_snapshot(&self) -> Result<(), String> {
-        let Some(dir) = &self.shared.data_dir else { return Ok(()) };
-        let _turn = self.shared.persisting.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = self.core().snapshot()?;
-        write_atomically(dir, &bytes)
+        match &self.shared.data {
+            Some(data) => data.save(&self.shared.core),
+            None => Ok(()),
+        }
     }
 }
 
-const SNAPSHOT_FILE: &str = "consul-sim.snapshot.json";
-
-fn write_atomically(dir: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let dst = dir.join(SNAPSHOT_FILE);
-    let err = |e: std::io::Error| format!("snapshot {}: {e}", tmp.display());
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &dst).map_err(err)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// Runs the core's timers and its HTTP/TCP checks; saves snapshots when a data dir is set.
+/// Runs the core's timers and its HTTP/TCP checks; snapshots the data dir when its log has
+/// grown enough.
 async fn drive(shared: Weak<Shared>, timers_changed: Arc<Notify>, start: Instant) {
-    let mut saved_index = 0;
     loop {
         // Registered before the timers are read, so a change in between is not missed.
         let notified = timers_changed.notified();
@@ -272,7 +256,7 @@ async fn drive(shared: Weak<Shared>, timers_changed: Arc<Notify>, start: Instant
             let due = {
                 // Not `with_core`: that would wake this very loop again.
                 let mut core = sim.core();
-                core.advance(now);
+                persist::advance(sim.shared.data.as_ref(), &mut core, now);
                 let due = core.due_checks(now);
                 sim.publish(&core);
                 due
@@ -280,18 +264,13 @@ async fn drive(shared: Weak<Shared>, timers_changed: Arc<Notify>, start: Instant
             for (node, id, kind) in due {
                 tokio::spawn(run_check(Arc::downgrade(&sim.shared), node, id, kind));
             }
-            let index = sim.core().index();
-            if sim.shared.data_dir.is_some() && index != saved_index {
-                match sim.save_snapshot() {
-                    Ok(()) => saved_index = index,
-                    Err(e) => tracing::warn!(error = %e, "saving a snapshot failed"),
-                }
+            if sim.shared.data.as_ref().is_some_and(DataDir::wants_snapshot)
+                && let Err(e) = sim.save_snapshot()
+            {
+                tracing::warn!(error = %e, "saving a snapshot failed");
             }
             let core = sim.core();
-            let next = [core.next_deadline(), core.next_check_run()].into_iter().flatten().min();
-            let persist =
-                sim.shared.data_dir.is_some().then_some(now.after(Duration::from_secs(1)));
-            next.into_iter().chain(persist).min()
+            [core.next_deadline(), core.next_check_run()].into_iter().flatten().min()
         };
         match next {
             Some(t) => {
@@ -322,7 +301,8 @@ async fn run_check(shared: Weak<Shared>, node: String, id: String, kind: CheckKi
     };
     if let Some(s) = shared.upgrade() {
         let sim = Sim { shared: s };
-        sim.with_core(|c, now| c.record_check(now, &node, &id, status, &output));
+        let op = Op::RecordCheck { node, check: id, status: status.into(), output };
+        sim.with_core(|c, now| persist::apply(sim.shared.data.as_ref(), c, now, op));
     }
 }
 

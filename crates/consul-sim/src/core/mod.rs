@@ -30,7 +30,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use request::{SimRequest, Target};
+pub use request::{BadTarget, SimRequest, Target};
 
 use blocking::blocking_params;
 pub(crate) use json::{

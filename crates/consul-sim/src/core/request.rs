@@ -18,6 +18,51 @@ pub struct SimRequest {
     pub body: Bytes,
 }
 
+/// A request target refused before any endpoint sees it, as Consul 1.8.7 refuses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BadTarget {
+    /// An invalid `%` escape in the path (`/v1/kv/%zz`, `/v1/kv/%`): Go's net/http answers
+    /// `400 Bad Request` (that text as the body) and closes the connection.
+    Path(String),
+    /// An invalid `%` escape in the query (`?x=%zz`): Consul fails to parse the query and
+    /// answers 500 with an empty body.
+    Query(String),
+}
+
+impl std::fmt::Display for BadTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadTarget::Path(e) => write!(f, "invalid URL escape {e:?} in the path"),
+            BadTarget::Query(e) => write!(f, "invalid URL escape {e:?} in the query"),
+        }
+    }
+}
+
+impl BadTarget {
+    /// Checks every `%` of a raw request target is followed by two hex digits, as Go's
+    /// `url` package does for the path (net/http) and the query (Consul's parsing).
+    pub fn check(target: &str) -> Result<(), BadTarget> {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if let Some(e) = bad_escape(path) {
+            return Err(BadTarget::Path(e));
+        }
+        match bad_escape(query) {
+            Some(e) => Err(BadTarget::Query(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The first invalid `%` escape in `s`, as written (`%zz`, `%2`, `%`).
+fn bad_escape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let at = (0..b.len()).find(|&i| {
+        b[i] == b'%'
+            && !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())
+    })?;
+    Some(String::from_utf8_lossy(&b[at..(at + 3).min(b.len())]).into_owned())
+}
+
 /// A parsed request target: the decoded path and query parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -30,6 +75,7 @@ pub struct Target {
 impl Target {
     /// Parses a request target; an error names what is malformed.
     pub fn parse(target: &str) -> Result<Target, String> {
+        BadTarget::check(target).map_err(|e| e.to_string())?;
         let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
         let path = decode(raw_path, false).map_err(|e| format!("invalid path: {e}"))?;
         if !path.starts_with('/') {
@@ -76,5 +122,23 @@ mod tests {
         assert_eq!(t.param("separator"), Some("/"));
         assert_eq!(t.param("x"), Some("1 2"));
         assert!(Target::parse("/v1/kv/%FF").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn invalid_escapes_are_refused_where_go_refuses_them() {
+        for (target, want) in [
+            ("/v1/kv/%zz", Err(BadTarget::Path("%zz".into()))),
+            ("/v1/kv/%", Err(BadTarget::Path("%".into()))),
+            ("/v1/kv/a%2", Err(BadTarget::Path("%2".into()))),
+            ("/v1/kv/a%2?x=%zz", Err(BadTarget::Path("%2".into()))),
+            ("/v1/kv/a?x=%zz", Err(BadTarget::Query("%zz".into()))),
+            ("/v1/kv/a?%", Err(BadTarget::Query("%".into()))),
+            ("/v1/kv/a%2Fb?x=%41&y=%c3%bc", Ok(())),
+        ] {
+            assert_eq!(BadTarget::check(target), want, "{target}");
+            let parsed = Target::parse(target);
+            assert_eq!(parsed.is_ok(), want.is_ok(), "{target}: {parsed:?}");
+        }
+        assert!(Target::parse("/v1/kv/%zz").unwrap_err().contains("%zz"));
     }
 }
