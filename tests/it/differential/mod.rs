@@ -36,13 +36,22 @@ pub(crate) struct VersionDifference {
 }
 
 /// Every place the sim may differ from Consul 1.8.7, with the documentation it follows.
-pub(crate) const VERSION_DIFFERENCES: &[VersionDifference] = &[VersionDifference {
-    case: "txn-128-ops",
-    step: "PUT /v1/txn ${txn:100}",
-    consul_1_8_7: 413,
-    what: "a transaction may hold 128 operations since Consul 1.14 (64 before)",
-    doc: "https://developer.hashicorp.com/consul/api-docs/txn",
-}];
+pub(crate) const VERSION_DIFFERENCES: &[VersionDifference] = &[
+    VersionDifference {
+        case: "txn-128-ops",
+        step: "PUT /v1/txn ${txn:100}",
+        consul_1_8_7: 413,
+        what: "a transaction may hold 128 operations since Consul 1.14 (64 before)",
+        doc: "https://developer.hashicorp.com/consul/api-docs/txn",
+    },
+    VersionDifference {
+        case: "txn-129-ops",
+        step: "PUT /v1/txn ${txn:129}",
+        consul_1_8_7: 413,
+        what: "the refusal names the limit: \"(129 > 128)\" since Consul 1.14, \"(129 > 64)\" before",
+        doc: "https://developer.hashicorp.com/consul/api-docs/txn",
+    },
+];
 
 /// The row for a step, matched on its request (method, target, body) as written.
 fn version_difference(case: &str, step: &str) -> Option<&'static VersionDifference> {

@@ -4,7 +4,9 @@
 //! - raft indexes (`X-Consul-Index`, `CreateIndex`, `ModifyIndex`, …) by their rank among all
 //!   indexes the transcript shows: indexes are compared by their order, not their values;
 //! - UUIDs (session and node ids, event ids) by `uuid-N`, in order of first appearance;
-//! - fields a case masks (they vary between two runs of the same Consul), by `"<masked>"`;
+//! - fields a case masks (they vary between two runs of the same Consul), by `"<masked>"`,
+//!   and the number after each text a case masks (`mask-text current modify index`);
+//! - the port of an `ip:port` string (the agent's ports are the environment's);
 //! - `X-Consul-LastContact` by whether it is there.
 //!
 //! Headers compared are the ones Consul sends with meaning; transport headers (`Date`,
@@ -135,9 +137,39 @@ fn rewrite(v: &mut Value, ranks: &BTreeMap<u64, usize>, uuids: &mut Vec<String>,
             }
         }
         Value::Array(a) => a.iter_mut().for_each(|v| rewrite(v, ranks, uuids, masks)),
-        Value::String(s) => *s = replace_uuids(s, uuids),
+        Value::String(s) => *s = mask_texts(&mask_port(&replace_uuids(s, uuids)), masks),
         _ => {}
     }
+}
+
+/// `127.0.0.1:8300` and `127.0.0.1:46223` alike: the agent's ports are the environment's.
+fn mask_port(s: &str) -> String {
+    match s.rsplit_once(':') {
+        Some((host, port))
+            if port.parse::<u16>().is_ok()
+                && host.split('.').count() == 4
+                && host.split('.').all(|o| o.parse::<u8>().is_ok()) =>
+        {
+            format!("{host}:<port>")
+        }
+        _ => s.to_string(),
+    }
+}
+
+/// Replaces the number after each `mask-text PREFIX` of the case by `<n>`.
+fn mask_texts(s: &str, masks: &[String]) -> String {
+    let mut out = s.to_string();
+    for prefix in masks.iter().filter_map(|m| m.strip_prefix("text:")) {
+        let mut from = 0;
+        while let Some(at) = out[from..].find(prefix) {
+            let after = from + at + prefix.len();
+            let start = after + out[after..].chars().take_while(|c| *c == ' ').count();
+            let digits = out[start..].chars().take_while(char::is_ascii_digit).count();
+            out.replace_range(start..start + digits, "<n>");
+            from = start + 3;
+        }
+    }
+    out
 }
 
 /// Replaces every UUID in `s` by `uuid-N`, numbering them by first appearance.

@@ -20,7 +20,8 @@
 //! `${txn:N}` a transaction of N `set` operations. `& ` sends a request in the
 //! background; `wait` collects every background answer, in the order they were sent;
 //! `sleep D` pauses; `mask NAME` hides the value of every JSON field named NAME (it varies
-//! from run to run on Consul too). `unordered` compares a JSON array's items as a multiset.
+//! from run to run on Consul too); `mask-text PREFIX` hides the number after PREFIX in any text
+//! (an index inside an error message). `unordered` compares a JSON array's items as a multiset.
 
 use std::time::Duration;
 
@@ -115,6 +116,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Vec<Case>, String> {
             Step::Wait
         } else if let Some(d) = line.strip_prefix("sleep ") {
             Step::Sleep(duration(d).ok_or_else(|| format!("{at}: bad duration {d:?}"))?)
+        } else if let Some(prefix) = line.strip_prefix("mask-text ") {
+            case.masks.push(format!("text:{}", prefix.trim()));
+            continue;
         } else if let Some(name) = line.strip_prefix("mask ") {
             case.masks.push(name.trim().to_string());
             continue;

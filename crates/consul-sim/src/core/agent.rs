@@ -272,7 +272,7 @@ impl Consul {
                 match rest.split_once('/') {
                     Some(("id", id)) => Ok(self.agent_health_by_id(&node, id, text)),
                     Some(("name", name)) => Ok(self.agent_health_by_name(&node, name, text)),
-                    _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+                    _ => Err(ApiError::no_endpoint()),
                 }
             }
             ["self"] => {
@@ -283,7 +283,7 @@ impl Consul {
                 expect(method, &Method::GET, &path)?;
                 Ok(Reply::json(&json!([self.member_json()])))
             }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            _ => Err(ApiError::no_endpoint()),
         }
     }
 

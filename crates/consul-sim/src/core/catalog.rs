@@ -413,7 +413,7 @@ impl Consul {
                 self.catalog_deregister(now, body)?;
                 Ok(Reply::json(&json!(true)))
             }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            _ => Err(ApiError::no_endpoint()),
         }
     }
 

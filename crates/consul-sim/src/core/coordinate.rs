@@ -40,7 +40,7 @@ impl Consul {
                 }
                 Ok(Reply::read_json(index, &json!([self.coordinate_entry()])))
             }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            _ => Err(ApiError::no_endpoint()),
         }
     }
 }

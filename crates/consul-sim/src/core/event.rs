@@ -95,7 +95,7 @@ impl Consul {
                 expect(method, &Method::GET, &path)?;
                 Ok(self.list_events(t))
             }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            _ => Err(ApiError::no_endpoint()),
         }
     }
 

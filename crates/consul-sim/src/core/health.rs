@@ -1,6 +1,5 @@
 //! `/v1/health`: services with their checks, checks by service, node and state.
 
-use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ApiError, CheckState, Consul, Reply, Target};
@@ -10,7 +9,7 @@ impl Consul {
         let index = self.state.catalog_index;
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
         if arg.is_empty() {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found"));
+            return Err(ApiError::no_endpoint());
         }
         let checks_of = |node: &str, service: Option<&str>| -> Vec<&CheckState> {
             let mut checks = self
@@ -87,7 +86,7 @@ impl Consul {
                     .collect();
                 Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
             }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            _ => Err(ApiError::no_endpoint()),
         }
     }
 }

@@ -285,8 +285,14 @@ impl Consul {
                 return Ok(false);
             }
         }
-        let mut entry = existing.cloned().unwrap_or_default();
+        let before = existing.cloned();
+        let mut entry = before.clone().unwrap_or_default();
         let created = existing.is_none();
+        if w.acquire.is_none() && w.release.is_none() {
+            // A plain set or cas writes the request's own LockIndex, which is 0; the holding
+            // session stays (seen on Consul 1.8.7: LockIndex 0 with Session still set).
+            entry.lock_index = 0;
+        }
         if let Some(session) = w.acquire {
             self.session_exists(session)?;
             if self.in_lock_delay(w.key, now) {
@@ -310,9 +316,20 @@ impl Consul {
             entry.session = None;
         }
         let index = self.write_index();
-        self.remember(w.key);
         entry.value = w.value.clone();
         entry.flags = w.flags;
+        // Consul leaves an entry that would not change untouched: the write takes a raft
+        // index, but the key's ModifyIndex and the KV table's index stay (seen on 1.8.7 for a
+        // holder re-acquiring with the same value, and for a PUT of the same value).
+        if before.is_some_and(|b| {
+            b.value == entry.value
+                && b.flags == entry.flags
+                && b.session == entry.session
+                && b.lock_index == entry.lock_index
+        }) {
+            return Ok(true);
+        }
+        self.remember(w.key);
         if created {
             entry.create_index = index;
         }

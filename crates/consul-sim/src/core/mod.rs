@@ -75,6 +75,23 @@ impl SimResponse {
         }
     }
 
+    /// A status with no body and no headers (Consul's answer to an unknown path).
+    fn empty(status: StatusCode) -> SimResponse {
+        SimResponse { status, headers: Vec::new(), body: Bytes::new() }
+    }
+
+    /// Go's ServeMux redirect to the cleaned path: 301 with `Location`, and for GET and
+    /// HEAD the small HTML body `http.Redirect` writes.
+    fn moved(method: &Method, location: String) -> SimResponse {
+        let mut resp = SimResponse::empty(StatusCode::MOVED_PERMANENTLY);
+        if method == Method::GET || method == Method::HEAD {
+            resp.headers.push(("Content-Type", "text/html; charset=utf-8".into()));
+            resp.body = Bytes::from(format!("<a href=\"{location}\">Moved Permanently</a>.\n\n"));
+        }
+        resp.headers.push(("Location", location));
+        resp
+    }
+
     fn text(status: StatusCode, text: impl Into<String>) -> SimResponse {
         SimResponse {
             status,
@@ -298,6 +315,22 @@ impl Consul {
     /// moved past its `?index` parks ([`Outcome::Blocked`]); without, it answers anyway.
     pub fn handle(&mut self, now: SimTime, req: &SimRequest, block: bool) -> Outcome {
         self.advance(now);
+        // What Go's net/http and ServeMux answer before Consul's handlers see the request.
+        match BadTarget::check(&req.target) {
+            Err(BadTarget::Path(_)) => {
+                return Outcome::Done(SimResponse::text(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad Request",
+                ));
+            }
+            Err(BadTarget::Query(_)) => {
+                return Outcome::Done(SimResponse::empty(StatusCode::INTERNAL_SERVER_ERROR));
+            }
+            Ok(()) => {}
+        }
+        if let Some(location) = request::clean_redirect(&req.target) {
+            return Outcome::Done(SimResponse::moved(&req.method, location));
+        }
         let target = match Target::parse(&req.target) {
             Ok(t) => t,
             Err(msg) => return Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg)),
@@ -310,6 +343,12 @@ impl Consul {
             return Outcome::Done(SimResponse::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "No cluster leader",
+            ));
+        }
+        if req.method == Method::GET && target.flag("stale") && target.flag("consistent") {
+            return Outcome::Done(SimResponse::text(
+                StatusCode::BAD_REQUEST,
+                "Cannot specify ?stale with ?consistent, conflicting semantics.",
             ));
         }
         let wait = match blocking_params(&target) {
@@ -391,7 +430,7 @@ impl Consul {
                 expect(m, &Method::GET, path)?;
                 Ok(Reply::write(SimResponse::json(StatusCode::OK, &json!([self.leader_addr()]))))
             }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            _ => Err(ApiError::no_endpoint()),
         }
     }
 
@@ -521,6 +560,11 @@ pub(crate) struct ApiError {
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError { status, message: message.into(), index: None, known_leader: true }
+    }
+
+    /// A path no endpoint serves: Consul's mux answers a bare 404, no body, no type.
+    pub(crate) fn no_endpoint() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "")
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {

@@ -231,7 +231,7 @@ impl Consul {
                     dc = self.config.datacenter
                 ),
             )),
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            _ => Err(ApiError::no_endpoint()),
         }
     }
 

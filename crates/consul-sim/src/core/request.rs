@@ -63,6 +63,36 @@ fn bad_escape(s: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&b[at..(at + 3).min(b.len())]).into_owned())
 }
 
+/// Where Go's ServeMux redirects a path that is not clean (`//`, `.` or `..` segments): the
+/// cleaned path with the query kept, or `None` when the path is clean already.
+pub(crate) fn clean_redirect(target: &str) -> Option<String> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let mut clean = format!("/{}", parts.join("/"));
+    if path.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    if clean == path {
+        return None;
+    }
+    Some(match query {
+        Some(q) => format!("{clean}?{q}"),
+        None => clean,
+    })
+}
+
 /// A parsed request target: the decoded path and query parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -113,6 +143,15 @@ fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unclean_paths_redirect_like_gos_servemux() {
+        assert_eq!(clean_redirect("/v1/kv//a"), Some("/v1/kv/a".into()));
+        assert_eq!(clean_redirect("/v1/kv/a/../b?raw"), Some("/v1/kv/b?raw".into()));
+        assert_eq!(clean_redirect("/v1/./kv/a/"), Some("/v1/kv/a/".into()));
+        assert_eq!(clean_redirect("/v1/kv/a/"), None);
+        assert_eq!(clean_redirect("/v1/kv/a?x=//y"), None);
+    }
 
     #[test]
     fn targets_decode_paths_and_flags() {

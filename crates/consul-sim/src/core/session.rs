@@ -134,7 +134,7 @@ impl Consul {
                     .collect();
                 Ok(Reply::read_json(self.state.session_index, &Value::Array(on)))
             }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+            _ => Err(ApiError::no_endpoint()),
         }
     }
 

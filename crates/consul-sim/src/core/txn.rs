@@ -291,10 +291,8 @@ struct TxnOp {
 /// Decodes the body as Consul's `api.TxnOps`, with Go's wording for what is wrong. An
 /// operation without `KV` (`{}`) is `None`: Consul skips it.
 fn parse_ops(body: &[u8]) -> Result<Vec<Option<TxnOp>>, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err("EOF".into());
-    }
-    let ops: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    // Go's decoder: the first value counts, with its own error texts ("EOF", "unexpected EOF").
+    let ops: Value = super::gojson::decode(body)?;
     let ops = match ops {
         Value::Array(ops) => ops,
         Value::Null => Vec::new(),
