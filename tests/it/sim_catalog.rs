@@ -390,3 +390,55 @@ async fn coordinates_hold_the_agents_node_at_the_origin() {
     let (r, _) = get(&t, "/v1/coordinate/node/nope").await;
     assert_eq!((r.status.as_u16(), r.body.len()), (404, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn filter_expressions_select_on_every_listing_endpoint() {
+    let (_sim, t) = sim();
+    let web1 = r#"{"Name":"web","ID":"web-1","Tags":["a","b"],"Port":8080,"Meta":{"env":"prod"},"Check":{"TTL":"30s"}}"#;
+    put(&t, "/v1/agent/service/register", web1).await;
+    let web2 =
+        r#"{"Name":"web","ID":"web-2","Port":8081,"Check":{"TTL":"30s","Status":"passing"}}"#;
+    put(&t, "/v1/agent/service/register", web2).await;
+    // `call` encodes query values itself.
+    let q = |path: &str, expr: &str| format!("{path}?filter={expr}");
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let services = get(&t, &q("/v1/agent/services", "Meta.env == prod and a in Tags")).await.1;
+    assert_eq!(keys(&services), ["web-1"]);
+    let checks = get(&t, &q("/v1/agent/checks", "Status == passing")).await.1;
+    assert_eq!(keys(&checks), ["service:web-2"]);
+    let health = get(&t, &q("/v1/health/service/web", "Checks.Status == critical")).await.1;
+    assert_eq!(health.as_array().unwrap().len(), 1);
+    assert_eq!(health[0]["Service"]["ID"], "web-1");
+    let cat = get(&t, &q("/v1/catalog/service/web", "ServicePort != 8080")).await.1;
+    assert_eq!(cat[0]["ServiceID"], "web-2");
+    let nodes =
+        get(&t, &q("/v1/catalog/nodes", "Meta is not empty and Node matches \"^node\"")).await.1;
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    let state =
+        get(&t, &q("/v1/health/state/any", "not (CheckID == serfHealth or ServiceID == \"web-2\")"))
+            .await
+            .1;
+    assert_eq!(state[0]["CheckID"], "service:web-1");
+    assert_eq!(state.as_array().unwrap().len(), 1);
+    let node = get(&t, &q("/v1/health/node/node1", "ServiceTags contains b")).await.1;
+    assert_eq!(node.as_array().unwrap().len(), 1);
+    let by_service = get(&t, &q("/v1/health/checks/web", "ServiceID == \"web-2\"")).await.1;
+    assert_eq!(by_service[0]["CheckID"], "service:web-2");
+
+    // A bad expression is a 500 with bexpr's message (Consul 1.8.7; the catalog and health
+    // reads also carry index headers).
+    let (r, _) = get(&t, &q("/v1/catalog/nodes", "Nope == 1")).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "Failed to create boolean expression evaluator: Selector \"Nope\" is not valid"
+    );
+    assert_eq!(r.header("X-Consul-Index"), Some("1"));
+    let (r, _) = get(&t, &q("/v1/agent/checks", "Nope == 1")).await;
+    assert_eq!(String::from_utf8_lossy(&r.body), "Selector \"Nope\" is not valid");
+    let (r, _) = get(&t, &q("/v1/agent/services", "(Service == web")).await;
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "Failed to create boolean expression evaluator: 1:16 (15): rule \"grouping\": Unmatched parentheses"
+    );
+}

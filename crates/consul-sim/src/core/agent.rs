@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::catalog::{CONSUL_SERVICE, SERVER_PORT};
 use super::checks::{NODE_MAINT, SERVICE_MAINT_PREFIX, is_maintenance, valid_status};
+use super::filter;
 use super::{
     ApiError, CheckKind, CheckState, Consul, Reply, ServiceState, SimResponse, SimTime, Target,
     expect, json_body, str_field, to_map,
@@ -185,17 +186,31 @@ impl Consul {
             }
             ["services"] => {
                 expect(method, &Method::GET, &path)?;
+                let f = match filter::from_request(t, &filter::AGENT_SERVICE) {
+                    Ok(f) => f,
+                    Err(e) => return Ok(filter::error_reply(e.message(), false)),
+                };
                 let map: serde_json::Map<String, Value> = self
                     .agent_services()
                     .map(|s| (s.id.clone(), self.agent_service_json(s)))
+                    .filter(|(_, v)| f.as_ref().is_none_or(|f| f.matches(v)))
                     .collect();
                 Ok(Reply::json(&Value::Object(map)))
             }
             ["checks"] => {
                 expect(method, &Method::GET, &path)?;
+                let f = match filter::from_request(t, &filter::HEALTH_CHECK) {
+                    Ok(f) => f,
+                    // Consul 1.8.7 words a bad selector here without the usual prefix.
+                    Err(filter::FilterError::Invalid(m)) => {
+                        return Ok(filter::error_reply(m, false));
+                    }
+                    Err(e) => return Ok(filter::error_reply(e.message(), false)),
+                };
                 let map: serde_json::Map<String, Value> = self
                     .agent_checks()
                     .map(|c| (c.id.clone(), self.agent_check_json(&node, c)))
+                    .filter(|(_, v)| f.as_ref().is_none_or(|f| f.matches(v)))
                     .collect();
                 Ok(Reply::json(&Value::Object(map)))
             }

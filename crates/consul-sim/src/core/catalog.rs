@@ -7,6 +7,8 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::filter;
+
 use super::{
     ApiError, CheckKind, CheckState, Consul, NodeState, Reply, SimResponse, SimTime, Target,
     expect, field, json_body, map_field, str_field, strings_field, to_map,
@@ -334,6 +336,17 @@ impl Consul {
         let path = format!("/v1/catalog/{rest}");
         let index = self.state.catalog_index;
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        let filter_ty = match verb {
+            "nodes" => Some(&filter::NODE),
+            "service" => Some(&filter::SERVICE_NODE),
+            "node" | "node-services" => Some(&filter::NODE_SERVICE),
+            _ => None,
+        };
+        let f = match filter_ty.map(|ty| filter::from_request(t, ty)).transpose() {
+            Ok(f) => f.flatten(),
+            Err(e) => return Ok(filter::error_reply(e.message(), true)),
+        };
+        let keep = |v: &Value| f.as_ref().is_none_or(|f| f.matches(v));
         match verb {
             "datacenters" => {
                 expect(method, &Method::GET, &path)?;
@@ -358,13 +371,19 @@ impl Consul {
                     .iter()
                     .filter(|(_, s)| s.name == arg && s.has_tags(&tags))
                     .map(|((node, _), s)| self.catalog_service_json(node, s))
+                    .filter(keep)
                     .collect();
                 Ok(catalog_read(index, t, &Value::Array(list)))
             }
             "nodes" => {
                 expect(method, &Method::GET, &path)?;
-                let list: Vec<Value> =
-                    self.state.nodes.iter().map(|(name, n)| self.node_json(name, n)).collect();
+                let list: Vec<Value> = self
+                    .state
+                    .nodes
+                    .iter()
+                    .map(|(name, n)| self.node_json(name, n))
+                    .filter(keep)
+                    .collect();
                 Ok(catalog_read(index, t, &Value::Array(list)))
             }
             "node" if !arg.is_empty() => {
@@ -378,6 +397,7 @@ impl Consul {
                     .iter()
                     .filter(|((node, _), _)| node == arg)
                     .map(|((_, id), s)| (id.clone(), self.node_service_json(s)))
+                    .filter(|(_, v)| keep(v))
                     .collect();
                 Ok(catalog_read(
                     index,
@@ -396,6 +416,7 @@ impl Consul {
                     .iter()
                     .filter(|((node, _), _)| node == arg)
                     .map(|(_, s)| self.node_service_json(s))
+                    .filter(keep)
                     .collect();
                 Ok(catalog_read(
                     index,

@@ -3,7 +3,7 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{ApiError, CheckState, Consul, Reply, Target};
+use super::{ApiError, CheckState, Consul, Reply, Target, filter};
 
 impl Consul {
     pub(crate) fn health_endpoint(&self, rest: &str, t: &Target) -> Result<Reply, ApiError> {
@@ -26,7 +26,13 @@ impl Consul {
             checks.sort_by_key(|c| !c.service_id.is_empty());
             checks
         };
-        match verb {
+        let ty =
+            if verb == "service" { &filter::CHECK_SERVICE_NODE } else { &filter::HEALTH_CHECK };
+        let f = match filter::from_request(t, ty) {
+            Ok(f) => f,
+            Err(e) => return Ok(filter::error_reply(e.message(), true)),
+        };
+        let list = match verb {
             "service" => {
                 let tags = super::catalog::tags_param(t);
                 let passing = t.flag("passing");
@@ -47,47 +53,41 @@ impl Consul {
                         "Checks": checks.iter().map(|c| self.check_json(node, c)).collect::<Vec<_>>(),
                     }));
                 }
-                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
+                list
             }
-            "checks" => {
-                let list: Vec<Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|((node, _), c)| {
-                        self.state
-                            .services
-                            .get(&(node.clone(), c.service_id.clone()))
-                            .is_some_and(|s| s.name == arg)
-                    })
-                    .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
-            }
-            "node" => {
-                let list: Vec<Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|((node, _), _)| node == arg)
-                    .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
-            }
+            "checks" => self
+                .state
+                .checks
+                .iter()
+                .filter(|((node, _), c)| {
+                    self.state
+                        .services
+                        .get(&(node.clone(), c.service_id.clone()))
+                        .is_some_and(|s| s.name == arg)
+                })
+                .map(|((node, _), c)| self.check_json(node, c))
+                .collect(),
+            "node" => self
+                .state
+                .checks
+                .iter()
+                .filter(|((node, _), _)| node == arg)
+                .map(|((node, _), c)| self.check_json(node, c))
+                .collect(),
             "state" => {
                 if !matches!(arg, "any" | "passing" | "warning" | "critical") {
                     return Err(ApiError::bad_request(format!("Invalid state {arg:?}")));
                 }
-                let list: Vec<Value> = self
-                    .state
+                self.state
                     .checks
                     .iter()
                     .filter(|(_, c)| arg == "any" || c.status == arg)
                     .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
+                    .collect()
             }
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
-        }
+            _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
+        };
+        let list = filter::retain(f.as_ref(), list);
+        Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
     }
 }

@@ -12,6 +12,7 @@ mod checks;
 mod coordinate;
 mod dc;
 mod event;
+mod filter;
 mod health;
 mod kv;
 mod request;
