@@ -352,6 +352,12 @@ impl Consul {
             .map(|c| {
                 let mut v = self.agent_check_json(node, c);
                 if let Some(o) = v.as_object_mut() {
+                    if c.service_id.is_empty()
+                        || o.get("ServiceTags").and_then(Value::as_array).is_some_and(Vec::is_empty)
+                    {
+                        // Go's nil slice: this copy of the check carries no tags.
+                        o.insert("ServiceTags".into(), Value::Null);
+                    }
                     o.insert("Type".into(), json!(""));
                     o.insert(
                         "Definition".into(),

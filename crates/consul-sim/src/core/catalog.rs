@@ -448,11 +448,15 @@ impl Consul {
         }
         let node = str_field(&reg, "Node")?
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing node name"))?;
-        let address = str_field(&reg, "Address")?
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing node address"))?;
+            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Must provide node"))?;
         let skip_node_update = matches!(field(&reg, "SkipNodeUpdate"), Some(Value::Bool(true)));
+        let address = str_field(&reg, "Address")?.unwrap_or_default();
+        if address.is_empty() && !skip_node_update {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Must provide address if SkipNodeUpdate is not set",
+            ));
+        }
         let service =
             field(&reg, "Service").map(|s| ServiceState::parse(s, "Service")).transpose()?;
         let mut check_defs: Vec<&Value> = Vec::new();
@@ -499,7 +503,7 @@ impl Consul {
         }
         let node = str_field(&reg, "Node")?
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing node name"))?;
+            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Must provide node"))?;
         let service = str_field(&reg, "ServiceID")?.filter(|s| !s.is_empty());
         let check = str_field(&reg, "CheckID")?.filter(|s| !s.is_empty());
         match (service, check) {
@@ -513,7 +517,6 @@ impl Consul {
                 }
             }
             (None, None) => {
-                let agent_id = self.state.nodes.get(&node).map(|n| n.id.clone());
                 let sessions: Vec<String> = self
                     .state
                     .sessions
@@ -524,18 +527,14 @@ impl Consul {
                 for s in sessions {
                     self.invalidate_session(now, &s);
                 }
-                self.state.nodes.remove(&node);
-                self.state.services.retain(|(n, _), _| *n != node);
-                self.state.checks.retain(|(n, _), _| *n != node);
-                self.state.catalog_index = self.bump();
-                if node == self.config.node_name {
-                    // Consul's anti-entropy puts the agent's own node back; the sim does it
-                    // at once (the agent's services are gone, as after a real deregister).
-                    self.register_agent_node();
-                    if let (Some(id), Some(n)) = (agent_id, self.state.nodes.get_mut(&node)) {
-                        n.id = id;
-                    }
+                // Consul's anti-entropy puts the agent's own node back with its services and
+                // checks (within a minute); the sim keeps them, as if it already had.
+                if node != self.config.node_name {
+                    self.state.nodes.remove(&node);
+                    self.state.services.retain(|(n, _), _| *n != node);
+                    self.state.checks.retain(|(n, _), _| *n != node);
                 }
+                self.state.catalog_index = self.bump();
             }
         }
         Ok(())
