@@ -85,6 +85,12 @@ async fn agent_self_reports_config_member_stats_and_coordinate() {
     assert!(me["Stats"]["consul"]["leader_addr"].as_str().unwrap().ends_with(":8300"));
     assert_eq!(me["Coord"]["Vec"].as_array().unwrap().len(), 8);
     assert_eq!(me["Meta"], json!({"consul-network-segment": ""}));
+    // Any non-empty `wan` lists the WAN pool, where the agent is `<node>.<dc>`.
+    let wan = get(&t, "/v1/agent/members?wan=false").await.1;
+    assert_eq!(wan[0]["Name"], "node1.dc1");
+    assert_eq!(get(&t, "/v1/agent/members?wan").await.1[0]["Name"], "node1");
+    let (r, _) = get(&t, "/v1/agent/members?segment=x").await;
+    assert_eq!(r.status, 500);
 }
 
 #[tokio::test(start_paused = true)]

@@ -296,7 +296,26 @@ impl Consul {
             }
             ["members"] => {
                 expect(method, &Method::GET, &path)?;
-                Ok(Reply::json(&json!([self.member_json()])))
+                if t.param("segment").is_some_and(|s| !s.is_empty()) {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Network segments are not supported in this version of Consul",
+                    ));
+                }
+                // Consul 1.8.7 lists the WAN pool for any non-empty `wan` (even "false").
+                let wan = t.param("wan").is_some_and(|w| !w.is_empty());
+                let mut member = self.member_json();
+                if wan && let Some(m) = member.as_object_mut() {
+                    m.insert(
+                        "Name".into(),
+                        json!(format!("{}.{}", self.config.node_name, self.config.datacenter)),
+                    );
+                    m.insert("Port".into(), json!(SERF_WAN_PORT));
+                    if let Some(tags) = m.get_mut("Tags").and_then(Value::as_object_mut) {
+                        tags.remove("wan_join_port");
+                    }
+                }
+                Ok(Reply::json(&json!([member])))
             }
             _ => Err(ApiError::new(StatusCode::NOT_FOUND, "404 page not found")),
         }
