@@ -453,3 +453,34 @@ async fn filter_expressions_select_on_every_listing_endpoint() {
         "Failed to create boolean expression evaluator: 1:16 (15): rule \"grouping\": Unmatched parentheses"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn node_meta_parameters_select_nodes_and_long_check_output_is_cut() {
+    let (_sim, t) = sim();
+    let reg = r#"{"Node":"ext","Address":"10.0.0.1","NodeMeta":{"k":"v","z":"1"},
+        "Service":{"Service":"web","ID":"w9"}}"#;
+    put(&t, "/v1/catalog/register", reg).await;
+    let names = |v: Value, key: &str| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|e| e[key].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(get(&t, "/v1/catalog/nodes?node-meta=k:v").await.1, "Node"), ["ext"]);
+    assert!(
+        names(get(&t, "/v1/catalog/nodes?node-meta=k:v&node-meta=z:2").await.1, "Node").is_empty()
+    );
+    assert!(names(get(&t, "/v1/catalog/nodes?node-meta=k").await.1, "Node").is_empty());
+    assert_eq!(names(get(&t, "/v1/catalog/service/web?node-meta=z:1").await.1, "Node"), ["ext"]);
+
+    put(&t, "/v1/agent/service/register", r#"{"Name":"web","ID":"w1","Check":{"TTL":"30s"}}"#)
+        .await;
+    let long = "x".repeat(5000);
+    put(
+        &t,
+        "/v1/agent/check/update/service:w1",
+        &json!({"Status": "passing", "Output": long}).to_string(),
+    )
+    .await;
+    let out =
+        get(&t, "/v1/agent/checks").await.1["service:w1"]["Output"].as_str().unwrap().to_string();
+    assert!(out.ends_with("x ... (captured 4096 of 5000 bytes)"), "{}", &out[4000..]);
+    assert_eq!(out.len(), 4096 + " ... (captured 4096 of 5000 bytes)".len());
+}

@@ -147,12 +147,31 @@ pub(crate) fn catalog_read(index: u64, t: &Target, value: &Value) -> Reply {
     Reply::read(index, resp)
 }
 
+/// Every `?node-meta=key:value` of a request (a bare key asks for an empty value).
+pub(crate) fn node_meta_param(t: &Target) -> Vec<(&str, &str)> {
+    t.query
+        .iter()
+        .filter(|(k, _)| k == "node-meta")
+        .map(|(_, v)| v.split_once(':').unwrap_or((v.as_str(), "")))
+        .collect()
+}
+
 /// Every `?tag=` of a request.
 pub(crate) fn tags_param(t: &Target) -> Vec<&str> {
     t.query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.as_str()).collect()
 }
 
 impl Consul {
+    /// True if `node` carries every `?node-meta=` pair asked for.
+    pub(crate) fn node_has_meta(&self, node: &str, wanted: &[(&str, &str)]) -> bool {
+        wanted.is_empty()
+            || self
+                .state
+                .nodes
+                .get(node)
+                .is_some_and(|n| wanted.iter().all(|(k, v)| n.meta.get(*k).is_some_and(|m| m == v)))
+    }
+
     /// Registers the agent's own node as a Consul server does when it starts: the node
     /// with its ID, tagged addresses and segment meta, the `serfHealth` check and the
     /// `consul` service. The node is updated once more right after (Consul's anti-entropy
@@ -347,6 +366,7 @@ impl Consul {
             Err(e) => return Ok(filter::error_reply(e.message(), true)),
         };
         let keep = |v: &Value| f.as_ref().is_none_or(|f| f.matches(v));
+        let meta = node_meta_param(t);
         match verb {
             "datacenters" => {
                 expect(method, &Method::GET, &path)?;
@@ -369,7 +389,9 @@ impl Consul {
                     .state
                     .services
                     .iter()
-                    .filter(|(_, s)| s.name == arg && s.has_tags(&tags))
+                    .filter(|((node, _), s)| {
+                        s.name == arg && s.has_tags(&tags) && self.node_has_meta(node, &meta)
+                    })
                     .map(|((node, _), s)| self.catalog_service_json(node, s))
                     .filter(keep)
                     .collect();
@@ -381,6 +403,7 @@ impl Consul {
                     .state
                     .nodes
                     .iter()
+                    .filter(|(name, _)| self.node_has_meta(name, &meta))
                     .map(|(name, n)| self.node_json(name, n))
                     .filter(keep)
                     .collect();
@@ -559,7 +582,7 @@ fn catalog_check(def: &Value) -> Result<CheckState, ApiError> {
     }
     let service_id = str_field(def, "ServiceID")?.filter(|s| !s.is_empty()).unwrap_or_default();
     Ok(CheckState {
-        name: str_field(def, "Name")?.unwrap_or_else(|| id.clone()),
+        name: str_field(def, "Name")?.unwrap_or_default(),
         notes: str_field(def, "Notes")?.unwrap_or_default(),
         output: str_field(def, "Output")?.unwrap_or_default(),
         service_id,

@@ -32,13 +32,14 @@ impl Consul {
             Ok(f) => f,
             Err(e) => return Ok(filter::error_reply(e.message(), true)),
         };
+        let meta = super::catalog::node_meta_param(t);
         let list = match verb {
             "service" => {
                 let tags = super::catalog::tags_param(t);
                 let passing = t.flag("passing");
                 let mut list = Vec::new();
                 for ((node, _), s) in &self.state.services {
-                    if s.name != arg || !s.has_tags(&tags) {
+                    if s.name != arg || !s.has_tags(&tags) || !self.node_has_meta(node, &meta) {
                         continue;
                     }
                     let checks = checks_of(node, Some(&s.id));
@@ -60,10 +61,12 @@ impl Consul {
                 .checks
                 .iter()
                 .filter(|((node, _), c)| {
-                    self.state
-                        .services
-                        .get(&(node.clone(), c.service_id.clone()))
-                        .is_some_and(|s| s.name == arg)
+                    self.node_has_meta(node, &meta)
+                        && self
+                            .state
+                            .services
+                            .get(&(node.clone(), c.service_id.clone()))
+                            .is_some_and(|s| s.name == arg)
                 })
                 .map(|((node, _), c)| self.check_json(node, c))
                 .collect(),
@@ -79,7 +82,9 @@ impl Consul {
                 self.state
                     .checks
                     .iter()
-                    .filter(|(_, c)| arg == "any" || c.status == arg)
+                    .filter(|((node, _), c)| {
+                        (arg == "any" || c.status == arg) && self.node_has_meta(node, &meta)
+                    })
                     .map(|((node, _), c)| self.check_json(node, c))
                     .collect()
             }
