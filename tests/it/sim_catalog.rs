@@ -484,3 +484,25 @@ async fn node_meta_parameters_select_nodes_and_long_check_output_is_cut() {
     assert!(out.ends_with("x ... (captured 4096 of 5000 bytes)"), "{}", &out[4000..]);
     assert_eq!(out.len(), 4096 + " ... (captured 4096 of 5000 bytes)".len());
 }
+
+#[tokio::test(start_paused = true)]
+async fn passing_is_a_go_bool_and_catalog_services_take_node_meta() {
+    let (_sim, t) = sim();
+    put(&t, "/v1/agent/service/register", r#"{"Name":"web","ID":"w1","Check":{"TTL":"30s"}}"#)
+        .await;
+    let ok = r#"{"Name":"web","ID":"w2","Check":{"TTL":"30s","Status":"passing"}}"#;
+    put(&t, "/v1/agent/service/register", ok).await;
+    let count = |v: Value| v.as_array().unwrap().len();
+    assert_eq!(count(get(&t, "/v1/health/service/web?passing").await.1), 1);
+    assert_eq!(count(get(&t, "/v1/health/service/web?passing=TRUE").await.1), 1);
+    assert_eq!(count(get(&t, "/v1/health/service/web?passing=false").await.1), 2);
+    assert_eq!(count(get(&t, "/v1/health/service/web?passing=0").await.1), 2);
+    let (r, _) = get(&t, "/v1/health/service/web?passing=abc").await;
+    assert_eq!(
+        (r.status.as_u16(), String::from_utf8_lossy(&r.body).into_owned()),
+        (400, "Invalid value for ?passing".into())
+    );
+    assert_eq!(get(&t, "/v1/catalog/services?node-meta=x:y").await.1, json!({}));
+    let all = get(&t, "/v1/catalog/services?node-meta=consul-network-segment:").await.1;
+    assert_eq!(all, json!({"consul": [], "web": []}));
+}

@@ -375,7 +375,10 @@ impl Consul {
             "services" => {
                 expect(method, &Method::GET, &path)?;
                 let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-                for s in self.state.services.values() {
+                for ((node, _), s) in &self.state.services {
+                    if !self.node_has_meta(node, &meta) {
+                        continue;
+                    }
                     map.entry(s.name.clone()).or_default().extend(s.tags.iter().cloned());
                 }
                 let v: serde_json::Map<String, Value> =

@@ -364,7 +364,8 @@ fn coerce_error(value: &str, selector: &str, why: &str) -> String {
     format!("Failed to coerce value {value:?} for selector {selector:?}: {why}")
 }
 
-fn parse_go_bool(s: &str) -> Option<bool> {
+/// A Go `strconv.ParseBool`.
+pub(crate) fn parse_go_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),

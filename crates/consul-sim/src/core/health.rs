@@ -36,7 +36,13 @@ impl Consul {
         let list = match verb {
             "service" => {
                 let tags = super::catalog::tags_param(t);
-                let passing = t.flag("passing");
+                // Consul 1.8.7 parses `?passing` as a Go bool; a bare flag means true.
+                let passing = match t.param("passing") {
+                    None => false,
+                    Some("") => true,
+                    Some(v) => super::filter::parse_go_bool(v)
+                        .ok_or_else(|| ApiError::bad_request("Invalid value for ?passing"))?,
+                };
                 let mut list = Vec::new();
                 for ((node, _), s) in &self.state.services {
                     if s.name != arg || !s.has_tags(&tags) || !self.node_has_meta(node, &meta) {
