@@ -85,6 +85,12 @@ async fn agent_self_reports_config_member_stats_and_coordinate() {
     assert!(me["Stats"]["consul"]["leader_addr"].as_str().unwrap().ends_with(":8300"));
     assert_eq!(me["Coord"]["Vec"].as_array().unwrap().len(), 8);
     assert_eq!(me["Meta"], json!({"consul-network-segment": ""}));
+    // Any non-empty `wan` lists the WAN pool, where the agent is `<node>.<dc>`.
+    let wan = get(&t, "/v1/agent/members?wan=false").await.1;
+    assert_eq!(wan[0]["Name"], "node1.dc1");
+    assert_eq!(get(&t, "/v1/agent/members?wan").await.1[0]["Name"], "node1");
+    let (r, _) = get(&t, "/v1/agent/members?segment=x").await;
+    assert_eq!(r.status, 500);
 }
 
 #[tokio::test(start_paused = true)]
@@ -287,6 +293,9 @@ async fn catalog_register_keeps_node_id_tagged_addresses_checks_and_skip_node_up
         get(&t, "/v1/catalog/node-services/nope").await.1,
         json!({"Node": null, "Services": null})
     );
+    // Consul 1.8.7 lists no checks for a state it does not know, rather than refusing it.
+    let (r, list) = get(&t, "/v1/health/state/sideways").await;
+    assert_eq!((r.status.as_u16(), list), (200, json!([])));
 }
 
 #[tokio::test(start_paused = true)]
@@ -389,4 +398,111 @@ async fn coordinates_hold_the_agents_node_at_the_origin() {
     assert_eq!(get(&t, "/v1/coordinate/node/node1").await.1, nodes);
     let (r, _) = get(&t, "/v1/coordinate/node/nope").await;
     assert_eq!((r.status.as_u16(), r.body.len()), (404, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn filter_expressions_select_on_every_listing_endpoint() {
+    let (_sim, t) = sim();
+    let web1 = r#"{"Name":"web","ID":"web-1","Tags":["a","b"],"Port":8080,"Meta":{"env":"prod"},"Check":{"TTL":"30s"}}"#;
+    put(&t, "/v1/agent/service/register", web1).await;
+    let web2 =
+        r#"{"Name":"web","ID":"web-2","Port":8081,"Check":{"TTL":"30s","Status":"passing"}}"#;
+    put(&t, "/v1/agent/service/register", web2).await;
+    // `call` encodes query values itself.
+    let q = |path: &str, expr: &str| format!("{path}?filter={expr}");
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let services = get(&t, &q("/v1/agent/services", "Meta.env == prod and a in Tags")).await.1;
+    assert_eq!(keys(&services), ["web-1"]);
+    let checks = get(&t, &q("/v1/agent/checks", "Status == passing")).await.1;
+    assert_eq!(keys(&checks), ["service:web-2"]);
+    let health = get(&t, &q("/v1/health/service/web", "Checks.Status == critical")).await.1;
+    assert_eq!(health.as_array().unwrap().len(), 1);
+    assert_eq!(health[0]["Service"]["ID"], "web-1");
+    let cat = get(&t, &q("/v1/catalog/service/web", "ServicePort != 8080")).await.1;
+    assert_eq!(cat[0]["ServiceID"], "web-2");
+    let nodes =
+        get(&t, &q("/v1/catalog/nodes", "Meta is not empty and Node matches \"^node\"")).await.1;
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    let state = get(
+        &t,
+        &q("/v1/health/state/any", "not (CheckID == serfHealth or ServiceID == \"web-2\")"),
+    )
+    .await
+    .1;
+    assert_eq!(state[0]["CheckID"], "service:web-1");
+    assert_eq!(state.as_array().unwrap().len(), 1);
+    let node = get(&t, &q("/v1/health/node/node1", "ServiceTags contains b")).await.1;
+    assert_eq!(node.as_array().unwrap().len(), 1);
+    let by_service = get(&t, &q("/v1/health/checks/web", "ServiceID == \"web-2\"")).await.1;
+    assert_eq!(by_service[0]["CheckID"], "service:web-2");
+
+    // A bad expression is a 500 with bexpr's message (Consul 1.8.7; the catalog and health
+    // reads also carry index headers).
+    let (r, _) = get(&t, &q("/v1/catalog/nodes", "Nope == 1")).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "Failed to create boolean expression evaluator: Selector \"Nope\" is not valid"
+    );
+    assert_eq!(r.header("X-Consul-Index"), Some("1"));
+    let (r, _) = get(&t, &q("/v1/agent/checks", "Nope == 1")).await;
+    assert_eq!(String::from_utf8_lossy(&r.body), "Selector \"Nope\" is not valid");
+    let (r, _) = get(&t, &q("/v1/agent/services", "(Service == web")).await;
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "Failed to create boolean expression evaluator: 1:16 (15): rule \"grouping\": Unmatched parentheses"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn node_meta_parameters_select_nodes_and_long_check_output_is_cut() {
+    let (_sim, t) = sim();
+    let reg = r#"{"Node":"ext","Address":"10.0.0.1","NodeMeta":{"k":"v","z":"1"},
+        "Service":{"Service":"web","ID":"w9"}}"#;
+    put(&t, "/v1/catalog/register", reg).await;
+    let names = |v: Value, key: &str| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|e| e[key].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(get(&t, "/v1/catalog/nodes?node-meta=k:v").await.1, "Node"), ["ext"]);
+    assert!(
+        names(get(&t, "/v1/catalog/nodes?node-meta=k:v&node-meta=z:2").await.1, "Node").is_empty()
+    );
+    assert!(names(get(&t, "/v1/catalog/nodes?node-meta=k").await.1, "Node").is_empty());
+    assert_eq!(names(get(&t, "/v1/catalog/service/web?node-meta=z:1").await.1, "Node"), ["ext"]);
+
+    put(&t, "/v1/agent/service/register", r#"{"Name":"web","ID":"w1","Check":{"TTL":"30s"}}"#)
+        .await;
+    let long = "x".repeat(5000);
+    put(
+        &t,
+        "/v1/agent/check/update/service:w1",
+        &json!({"Status": "passing", "Output": long}).to_string(),
+    )
+    .await;
+    let out =
+        get(&t, "/v1/agent/checks").await.1["service:w1"]["Output"].as_str().unwrap().to_string();
+    assert!(out.ends_with("x ... (captured 4096 of 5000 bytes)"), "{}", &out[4000..]);
+    assert_eq!(out.len(), 4096 + " ... (captured 4096 of 5000 bytes)".len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn passing_is_a_go_bool_and_catalog_services_take_node_meta() {
+    let (_sim, t) = sim();
+    put(&t, "/v1/agent/service/register", r#"{"Name":"web","ID":"w1","Check":{"TTL":"30s"}}"#)
+        .await;
+    let ok = r#"{"Name":"web","ID":"w2","Check":{"TTL":"30s","Status":"passing"}}"#;
+    put(&t, "/v1/agent/service/register", ok).await;
+    let count = |v: Value| v.as_array().unwrap().len();
+    assert_eq!(count(get(&t, "/v1/health/service/web?passing").await.1), 1);
+    assert_eq!(count(get(&t, "/v1/health/service/web?passing=TRUE").await.1), 1);
+    assert_eq!(count(get(&t, "/v1/health/service/web?passing=false").await.1), 2);
+    assert_eq!(count(get(&t, "/v1/health/service/web?passing=0").await.1), 2);
+    let (r, _) = get(&t, "/v1/health/service/web?passing=abc").await;
+    assert_eq!(
+        (r.status.as_u16(), String::from_utf8_lossy(&r.body).into_owned()),
+        (400, "Invalid value for ?passing".into())
+    );
+    assert_eq!(get(&t, "/v1/catalog/services?node-meta=x:y").await.1, json!({}));
+    let all = get(&t, "/v1/catalog/services?node-meta=consul-network-segment:").await.1;
+    assert_eq!(all, json!({"consul": [], "web": []}));
 }

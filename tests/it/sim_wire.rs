@@ -194,7 +194,6 @@ async fn malformed_requests_get_4xx_naming_the_problem_and_keep_the_data() {
         ("GET", "/v1/kv/%FF%FE", b"", 400, "UTF-8"),
         ("GET", "/v1/no/such/endpoint", b"", 404, "not found"),
         ("DELETE", "/v1/status/leader", b"", 405, "not allowed"),
-        ("GET", "/v1/health/state/sideways", b"", 400, "state"),
     ];
     for (method, target, body, status, needle) in cases {
         let r = send(&s, method, target, body).await;

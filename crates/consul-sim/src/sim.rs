@@ -307,7 +307,7 @@ async fn run_check(shared: Weak<Shared>, node: String, id: String, kind: CheckKi
 }
 
 /// Runs a script check as Consul does: exit 0 passing, 1 warning, anything else critical;
-/// the output is stdout and stderr, cut at Consul's 4 KiB.
+/// the output is stdout and stderr.
 async fn script_check(args: &[String], timeout: Duration) -> (&'static str, String) {
     let Some((program, rest)) = args.split_first() else {
         return ("critical", "no command given".to_string());
@@ -322,13 +322,7 @@ async fn script_check(args: &[String], timeout: Duration) -> (&'static str, Stri
         Ok(Ok(out)) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&out.stderr));
-            if text.len() > 4096 {
-                let mut cut = 4096;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-            }
+            // The core cuts it at Consul's 4 KiB, as for every check's output.
             let status = match out.status.code() {
                 Some(0) => "passing",
                 Some(1) => "warning",

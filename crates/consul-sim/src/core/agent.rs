@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::catalog::{CONSUL_SERVICE, SERVER_PORT};
 use super::checks::{NODE_MAINT, SERVICE_MAINT_PREFIX, is_maintenance, valid_status};
+use super::filter;
 use super::{
     ApiError, CheckKind, CheckState, Consul, Reply, ServiceState, SimResponse, SimTime, Target,
     expect, json_body, str_field, to_map,
@@ -185,17 +186,31 @@ impl Consul {
             }
             ["services"] => {
                 expect(method, &Method::GET, &path)?;
+                let f = match filter::from_request(t, &filter::AGENT_SERVICE) {
+                    Ok(f) => f,
+                    Err(e) => return Ok(filter::error_reply(e.message(), false)),
+                };
                 let map: serde_json::Map<String, Value> = self
                     .agent_services()
                     .map(|s| (s.id.clone(), self.agent_service_json(s)))
+                    .filter(|(_, v)| f.as_ref().is_none_or(|f| f.matches(v)))
                     .collect();
                 Ok(Reply::json(&Value::Object(map)))
             }
             ["checks"] => {
                 expect(method, &Method::GET, &path)?;
+                let f = match filter::from_request(t, &filter::HEALTH_CHECK) {
+                    Ok(f) => f,
+                    // Consul 1.8.7 words a bad selector here without the usual prefix.
+                    Err(filter::FilterError::Invalid(m)) => {
+                        return Ok(filter::error_reply(m, false));
+                    }
+                    Err(e) => return Ok(filter::error_reply(e.message(), false)),
+                };
                 let map: serde_json::Map<String, Value> = self
                     .agent_checks()
                     .map(|c| (c.id.clone(), self.agent_check_json(&node, c)))
+                    .filter(|(_, v)| f.as_ref().is_none_or(|f| f.matches(v)))
                     .collect();
                 Ok(Reply::json(&Value::Object(map)))
             }
@@ -281,7 +296,26 @@ impl Consul {
             }
             ["members"] => {
                 expect(method, &Method::GET, &path)?;
-                Ok(Reply::json(&json!([self.member_json()])))
+                if t.param("segment").is_some_and(|s| !s.is_empty()) {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Network segments are not supported in this version of Consul",
+                    ));
+                }
+                // Consul 1.8.7 lists the WAN pool for any non-empty `wan` (even "false").
+                let wan = t.param("wan").is_some_and(|w| !w.is_empty());
+                let mut member = self.member_json();
+                if wan && let Some(m) = member.as_object_mut() {
+                    m.insert(
+                        "Name".into(),
+                        json!(format!("{}.{}", self.config.node_name, self.config.datacenter)),
+                    );
+                    m.insert("Port".into(), json!(SERF_WAN_PORT));
+                    if let Some(tags) = m.get_mut("Tags").and_then(Value::as_object_mut) {
+                        tags.remove("wan_join_port");
+                    }
+                }
+                Ok(Reply::json(&json!([member])))
             }
             _ => Err(ApiError::no_endpoint()),
         }
@@ -337,6 +371,12 @@ impl Consul {
             .map(|c| {
                 let mut v = self.agent_check_json(node, c);
                 if let Some(o) = v.as_object_mut() {
+                    if c.service_id.is_empty()
+                        || o.get("ServiceTags").and_then(Value::as_array).is_some_and(Vec::is_empty)
+                    {
+                        // Go's nil slice: this copy of the check carries no tags.
+                        o.insert("ServiceTags".into(), Value::Null);
+                    }
                     o.insert("Type".into(), json!(""));
                     o.insert(
                         "Definition".into(),

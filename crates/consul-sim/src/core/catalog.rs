@@ -7,6 +7,8 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::filter;
+
 use super::{
     ApiError, CheckKind, CheckState, Consul, NodeState, Reply, SimResponse, SimTime, Target,
     expect, field, json_body, map_field, str_field, strings_field, to_map,
@@ -145,12 +147,31 @@ pub(crate) fn catalog_read(index: u64, t: &Target, value: &Value) -> Reply {
     Reply::read(index, resp)
 }
 
+/// Every `?node-meta=key:value` of a request (a bare key asks for an empty value).
+pub(crate) fn node_meta_param(t: &Target) -> Vec<(&str, &str)> {
+    t.query
+        .iter()
+        .filter(|(k, _)| k == "node-meta")
+        .map(|(_, v)| v.split_once(':').unwrap_or((v.as_str(), "")))
+        .collect()
+}
+
 /// Every `?tag=` of a request.
 pub(crate) fn tags_param(t: &Target) -> Vec<&str> {
     t.query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.as_str()).collect()
 }
 
 impl Consul {
+    /// True if `node` carries every `?node-meta=` pair asked for.
+    pub(crate) fn node_has_meta(&self, node: &str, wanted: &[(&str, &str)]) -> bool {
+        wanted.is_empty()
+            || self
+                .state
+                .nodes
+                .get(node)
+                .is_some_and(|n| wanted.iter().all(|(k, v)| n.meta.get(*k).is_some_and(|m| m == v)))
+    }
+
     /// Registers the agent's own node as a Consul server does when it starts: the node
     /// with its ID, tagged addresses and segment meta, the `serfHealth` check and the
     /// `consul` service. The node is updated once more right after (Consul's anti-entropy
@@ -334,6 +355,18 @@ impl Consul {
         let path = format!("/v1/catalog/{rest}");
         let index = self.state.catalog_index;
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        let filter_ty = match verb {
+            "nodes" => Some(&filter::NODE),
+            "service" => Some(&filter::SERVICE_NODE),
+            "node" | "node-services" => Some(&filter::NODE_SERVICE),
+            _ => None,
+        };
+        let f = match filter_ty.map(|ty| filter::from_request(t, ty)).transpose() {
+            Ok(f) => f.flatten(),
+            Err(e) => return Ok(filter::error_reply(e.message(), true)),
+        };
+        let keep = |v: &Value| f.as_ref().is_none_or(|f| f.matches(v));
+        let meta = node_meta_param(t);
         match verb {
             "datacenters" => {
                 expect(method, &Method::GET, &path)?;
@@ -342,7 +375,10 @@ impl Consul {
             "services" => {
                 expect(method, &Method::GET, &path)?;
                 let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-                for s in self.state.services.values() {
+                for ((node, _), s) in &self.state.services {
+                    if !self.node_has_meta(node, &meta) {
+                        continue;
+                    }
                     map.entry(s.name.clone()).or_default().extend(s.tags.iter().cloned());
                 }
                 let v: serde_json::Map<String, Value> =
@@ -356,15 +392,24 @@ impl Consul {
                     .state
                     .services
                     .iter()
-                    .filter(|(_, s)| s.name == arg && s.has_tags(&tags))
+                    .filter(|((node, _), s)| {
+                        s.name == arg && s.has_tags(&tags) && self.node_has_meta(node, &meta)
+                    })
                     .map(|((node, _), s)| self.catalog_service_json(node, s))
+                    .filter(keep)
                     .collect();
                 Ok(catalog_read(index, t, &Value::Array(list)))
             }
             "nodes" => {
                 expect(method, &Method::GET, &path)?;
-                let list: Vec<Value> =
-                    self.state.nodes.iter().map(|(name, n)| self.node_json(name, n)).collect();
+                let list: Vec<Value> = self
+                    .state
+                    .nodes
+                    .iter()
+                    .filter(|(name, _)| self.node_has_meta(name, &meta))
+                    .map(|(name, n)| self.node_json(name, n))
+                    .filter(keep)
+                    .collect();
                 Ok(catalog_read(index, t, &Value::Array(list)))
             }
             "node" if !arg.is_empty() => {
@@ -378,6 +423,7 @@ impl Consul {
                     .iter()
                     .filter(|((node, _), _)| node == arg)
                     .map(|((_, id), s)| (id.clone(), self.node_service_json(s)))
+                    .filter(|(_, v)| keep(v))
                     .collect();
                 Ok(catalog_read(
                     index,
@@ -396,6 +442,7 @@ impl Consul {
                     .iter()
                     .filter(|((node, _), _)| node == arg)
                     .map(|(_, s)| self.node_service_json(s))
+                    .filter(keep)
                     .collect();
                 Ok(catalog_read(
                     index,
@@ -427,11 +474,15 @@ impl Consul {
         }
         let node = str_field(&reg, "Node")?
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing node name"))?;
-        let address = str_field(&reg, "Address")?
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing node address"))?;
+            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Must provide node"))?;
         let skip_node_update = matches!(field(&reg, "SkipNodeUpdate"), Some(Value::Bool(true)));
+        let address = str_field(&reg, "Address")?.unwrap_or_default();
+        if address.is_empty() && !skip_node_update {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Must provide address if SkipNodeUpdate is not set",
+            ));
+        }
         let service =
             field(&reg, "Service").map(|s| ServiceState::parse(s, "Service")).transpose()?;
         let mut check_defs: Vec<&Value> = Vec::new();
@@ -478,7 +529,7 @@ impl Consul {
         }
         let node = str_field(&reg, "Node")?
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::bad_request("Missing node name"))?;
+            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Must provide node"))?;
         let service = str_field(&reg, "ServiceID")?.filter(|s| !s.is_empty());
         let check = str_field(&reg, "CheckID")?.filter(|s| !s.is_empty());
         match (service, check) {
@@ -492,7 +543,6 @@ impl Consul {
                 }
             }
             (None, None) => {
-                let agent_id = self.state.nodes.get(&node).map(|n| n.id.clone());
                 let sessions: Vec<String> = self
                     .state
                     .sessions
@@ -503,18 +553,14 @@ impl Consul {
                 for s in sessions {
                     self.invalidate_session(now, &s);
                 }
-                self.state.nodes.remove(&node);
-                self.state.services.retain(|(n, _), _| *n != node);
-                self.state.checks.retain(|(n, _), _| *n != node);
-                self.state.catalog_index = self.bump();
-                if node == self.config.node_name {
-                    // Consul's anti-entropy puts the agent's own node back; the sim does it
-                    // at once (the agent's services are gone, as after a real deregister).
-                    self.register_agent_node();
-                    if let (Some(id), Some(n)) = (agent_id, self.state.nodes.get_mut(&node)) {
-                        n.id = id;
-                    }
+                // Consul's anti-entropy puts the agent's own node back with its services and
+                // checks (within a minute); the sim keeps them, as if it already had.
+                if node != self.config.node_name {
+                    self.state.nodes.remove(&node);
+                    self.state.services.retain(|(n, _), _| *n != node);
+                    self.state.checks.retain(|(n, _), _| *n != node);
                 }
+                self.state.catalog_index = self.bump();
             }
         }
         Ok(())
@@ -539,7 +585,7 @@ fn catalog_check(def: &Value) -> Result<CheckState, ApiError> {
     }
     let service_id = str_field(def, "ServiceID")?.filter(|s| !s.is_empty()).unwrap_or_default();
     Ok(CheckState {
-        name: str_field(def, "Name")?.unwrap_or_else(|| id.clone()),
+        name: str_field(def, "Name")?.unwrap_or_default(),
         notes: str_field(def, "Notes")?.unwrap_or_default(),
         output: str_field(def, "Output")?.unwrap_or_default(),
         service_id,

@@ -123,6 +123,21 @@ pub(crate) fn is_maintenance(id: &str) -> bool {
     id == NODE_MAINT || id.starts_with(SERVICE_MAINT_PREFIX)
 }
 
+/// Consul keeps at most this much of a check's output (`check_output_max_size`).
+const OUTPUT_MAX: usize = 4096;
+
+/// A check's output as Consul stores it: cut at 4 KiB, saying how much was captured.
+fn truncate_output(output: &str) -> String {
+    if output.len() <= OUTPUT_MAX {
+        return output.to_string();
+    }
+    let mut cut = OUTPUT_MAX;
+    while !output.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{} ... (captured {cut} of {} bytes)", &output[..cut], output.len())
+}
+
 pub(crate) fn valid_status(s: &str) -> bool {
     matches!(s, "passing" | "warning" | "critical")
 }
@@ -272,6 +287,8 @@ impl Consul {
         output: &str,
     ) {
         let key = (node.to_string(), id.to_string());
+        let output = truncate_output(output);
+        let output = output.as_str();
         let Some(c) = self.state.checks.get_mut(&key) else { return };
         let changed = c.status != status || c.output != output;
         if let CheckKind::Ttl(ttl) = c.kind {

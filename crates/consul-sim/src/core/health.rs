@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{ApiError, CheckState, Consul, Reply, Target};
+use super::{ApiError, CheckState, Consul, Reply, Target, filter};
 
 impl Consul {
     pub(crate) fn health_endpoint(&self, rest: &str, t: &Target) -> Result<Reply, ApiError> {
@@ -25,13 +25,26 @@ impl Consul {
             checks.sort_by_key(|c| !c.service_id.is_empty());
             checks
         };
-        match verb {
+        let ty =
+            if verb == "service" { &filter::CHECK_SERVICE_NODE } else { &filter::HEALTH_CHECK };
+        let f = match filter::from_request(t, ty) {
+            Ok(f) => f,
+            Err(e) => return Ok(filter::error_reply(e.message(), true)),
+        };
+        let meta = super::catalog::node_meta_param(t);
+        let list = match verb {
             "service" => {
                 let tags = super::catalog::tags_param(t);
-                let passing = t.flag("passing");
+                // Consul 1.8.7 parses `?passing` as a Go bool; a bare flag means true.
+                let passing = match t.param("passing") {
+                    None => false,
+                    Some("") => true,
+                    Some(v) => super::filter::parse_go_bool(v)
+                        .ok_or_else(|| ApiError::bad_request("Invalid value for ?passing"))?,
+                };
                 let mut list = Vec::new();
                 for ((node, _), s) in &self.state.services {
-                    if s.name != arg || !s.has_tags(&tags) {
+                    if s.name != arg || !s.has_tags(&tags) || !self.node_has_meta(node, &meta) {
                         continue;
                     }
                     let checks = checks_of(node, Some(&s.id));
@@ -46,47 +59,43 @@ impl Consul {
                         "Checks": checks.iter().map(|c| self.check_json(node, c)).collect::<Vec<_>>(),
                     }));
                 }
-                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
+                list
             }
-            "checks" => {
-                let list: Vec<Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|((node, _), c)| {
-                        self.state
+            "checks" => self
+                .state
+                .checks
+                .iter()
+                .filter(|((node, _), c)| {
+                    self.node_has_meta(node, &meta)
+                        && self
+                            .state
                             .services
                             .get(&(node.clone(), c.service_id.clone()))
                             .is_some_and(|s| s.name == arg)
+                })
+                .map(|((node, _), c)| self.check_json(node, c))
+                .collect(),
+            "node" => self
+                .state
+                .checks
+                .iter()
+                .filter(|((node, _), _)| node == arg)
+                .map(|((node, _), c)| self.check_json(node, c))
+                .collect(),
+            "state" => {
+                // Consul 1.8.7 answers any other state with an empty list.
+                self.state
+                    .checks
+                    .iter()
+                    .filter(|((node, _), c)| {
+                        (arg == "any" || c.status == arg) && self.node_has_meta(node, &meta)
                     })
                     .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
+                    .collect()
             }
-            "node" => {
-                let list: Vec<Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|((node, _), _)| node == arg)
-                    .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
-            }
-            "state" => {
-                if !matches!(arg, "any" | "passing" | "warning" | "critical") {
-                    return Err(ApiError::bad_request(format!("Invalid state {arg:?}")));
-                }
-                let list: Vec<Value> = self
-                    .state
-                    .checks
-                    .iter()
-                    .filter(|(_, c)| arg == "any" || c.status == arg)
-                    .map(|((node, _), c)| self.check_json(node, c))
-                    .collect();
-                Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
-            }
-            _ => Err(ApiError::no_endpoint()),
-        }
+            _ => return Err(ApiError::no_endpoint()),
+        };
+        let list = filter::retain(f.as_ref(), list);
+        Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
     }
 }

@@ -13,6 +13,7 @@ mod checks;
 mod coordinate;
 mod dc;
 mod event;
+mod filter;
 mod gojson;
 mod health;
 mod json;
