@@ -515,3 +515,22 @@ async fn the_deprecated_checks_list_is_kept_apart_and_still_binds() {
     let all = json_of(&api.get("/v1/session/list").await);
     assert!(all.as_array().unwrap().iter().all(|s| s["Name"] != "legacy"), "{all}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_changes_nothing_keeps_the_index() {
+    // Consul 1.8.7: PUT of the same value and flags leaves ModifyIndex as it was (485, 485,
+    // 485, then 488 for a new value); a txn set of the same value answers the old entry.
+    let api = Api::new();
+    let modify = |r: &SimResponse| json_of(r)[0]["ModifyIndex"].as_u64().unwrap();
+    api.put("/v1/kv/same", "1").await;
+    let first = modify(&api.get("/v1/kv/same").await);
+    api.put("/v1/kv/same", "1").await;
+    api.put("/v1/kv/same?flags=0", "1").await;
+    assert_eq!(modify(&api.get("/v1/kv/same").await), first);
+    api.put("/v1/kv/same", "2").await;
+    let second = modify(&api.get("/v1/kv/same").await);
+    assert!(second > first);
+    let r = api.txn(json!([{"KV": {"Verb": "set", "Key": "same", "Value": "Mg=="}}])).await;
+    assert_eq!(json_of(&r)["Results"][0]["KV"]["ModifyIndex"], second);
+    assert_eq!(modify(&api.get("/v1/kv/same").await), second);
+}

@@ -309,10 +309,15 @@ impl Consul {
             }
             entry.session = None;
         }
-        let index = self.write_index();
-        self.remember(w.key);
         entry.value = w.value.clone();
         entry.flags = w.flags;
+        // Consul skips a write that changes nothing (same value, flags, holder): the key
+        // keeps its ModifyIndex and blocking readers are not woken.
+        if existing.is_some_and(|e| *e == entry) {
+            return Ok(true);
+        }
+        let index = self.write_index();
+        self.remember(w.key);
         if created {
             entry.create_index = index;
         }
