@@ -22,6 +22,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use blocking::{Changes, Watch};
 pub use request::{SimRequest, Target};
 
 use blocking::blocking_params;
@@ -87,13 +88,16 @@ impl SimResponse {
 pub enum Outcome {
     /// The answer.
     Done(SimResponse),
-    /// A blocking query whose result index is still ≤ the caller's: ask again when the
-    /// store's index passes `index`, or with `block = false` once `deadline` is reached.
+    /// A blocking query whose result index is still ≤ the caller's: ask again when a
+    /// write concerns `watch` (see [`Consul::take_changes`]), or with `block = false` once
+    /// `deadline` is reached.
     Blocked {
         /// The store index when the query parked.
         index: u64,
         /// When the wait ends (wait plus up to wait/16 of jitter).
         deadline: SimTime,
+        /// What the query's answer depends on.
+        watch: Watch,
     },
 }
 
@@ -201,6 +205,8 @@ pub struct Consul {
     pub(crate) leader_lost: bool,
     /// The undo log of the transaction being applied, if any.
     pub(crate) txn: Option<txn::UndoLog>,
+    /// What changed since the adapter last took the changes.
+    pub(crate) changes: Changes,
 }
 
 impl Consul {
@@ -211,6 +217,7 @@ impl Consul {
             config,
             leader_lost: false,
             txn: None,
+            changes: Changes::default(),
         };
         let node = c.config.node_name.clone();
         let address = c.config.node_address.clone();
@@ -240,6 +247,12 @@ impl Consul {
 
     /// The next index, for a write.
     pub(crate) fn bump(&mut self) -> u64 {
+        self.changes.other = true;
+        self.bump_kv()
+    }
+
+    /// The next index, for a write to KV keys only (each key is noted by `touched_key`).
+    pub(crate) fn bump_kv(&mut self) -> u64 {
         self.state.index += 1;
         self.state.index
     }
@@ -303,7 +316,7 @@ impl Consul {
                 (Some(index), Some((min_index, wait)))
                     if block && e.status == StatusCode::NOT_FOUND && index <= min_index =>
                 {
-                    return self.park(now, wait);
+                    return self.park(now, wait, &target);
                 }
                 _ => return Outcome::Done(e.into_response()),
             },
@@ -313,7 +326,7 @@ impl Consul {
                 if block && index <= min_index =>
             {
                 let _ = response;
-                self.park(now, wait)
+                self.park(now, wait, &target)
             }
             (Reply::Read { index, response }, _) => {
                 Outcome::Done(response.with_index(index, !self.leader_lost))

@@ -283,6 +283,7 @@ impl Consul {
         let index = self.bump();
         self.state.session_index = index;
         for key in held {
+            self.touched_key(&key);
             if session.delete {
                 self.state.kv.remove(&key);
                 self.state.tombstones.insert(key.clone(), index);
