@@ -534,3 +534,20 @@ async fn a_write_that_changes_nothing_keeps_the_index() {
     assert_eq!(json_of(&r)["Results"][0]["KV"]["ModifyIndex"], second);
     assert_eq!(modify(&api.get("/v1/kv/same").await), second);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_wrong_method_is_405_with_consuls_allow_header() {
+    let api = Api::new();
+    let cases = [
+        (Method::POST, "/v1/kv/x", "OPTIONS,GET,PUT,DELETE"),
+        (Method::GET, "/v1/txn", "OPTIONS,PUT"),
+        (Method::PUT, "/v1/session/list", "OPTIONS,GET"),
+        (Method::GET, "/v1/session/destroy/x", "OPTIONS,PUT"),
+        (Method::DELETE, "/v1/status/leader", "OPTIONS,GET"),
+    ];
+    for (method, target, allow) in cases {
+        let r = api.send(method.clone(), target, "").await;
+        assert_eq!(answer(&r), (405, format!("method {method} not allowed")), "{target}");
+        assert_eq!(header(&r, "Allow"), Some(allow), "{target}");
+    }
+}

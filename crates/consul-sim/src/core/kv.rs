@@ -175,10 +175,7 @@ impl Consul {
                 };
                 Ok(Reply::json(&json!(ok)))
             }
-            _ => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {method} not allowed"),
-            )),
+            _ => Err(ApiError::method_not_allowed(method, "OPTIONS,GET,PUT,DELETE")),
         }
     }
 

@@ -487,11 +487,13 @@ pub(crate) struct ApiError {
     index: Option<u64>,
     /// `X-Consul-KnownLeader` for errors that carry query metadata.
     known_leader: bool,
+    /// The `Allow` header of a 405.
+    allow: Option<String>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), index: None, known_leader: true }
+        ApiError { status, message: message.into(), index: None, known_leader: true, allow: None }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
@@ -504,6 +506,7 @@ impl ApiError {
             message: String::new(),
             index: Some(index),
             known_leader: true,
+            allow: None,
         }
     }
 
@@ -517,11 +520,14 @@ impl ApiError {
 
     fn into_response(self) -> SimResponse {
         // Go's net/http sets no Content-Type on an empty body (a 404 for a missing key).
-        let resp = if self.message.is_empty() {
+        let mut resp = if self.message.is_empty() {
             SimResponse { status: self.status, headers: Vec::new(), body: Bytes::new() }
         } else {
             SimResponse::text(self.status, self.message)
         };
+        if let Some(allow) = self.allow {
+            resp.headers.push(("Allow", allow));
+        }
         match self.index {
             Some(i) => resp.with_index(i, self.known_leader),
             None => resp,
@@ -533,6 +539,16 @@ pub(crate) fn expect(actual: &Method, want: &Method, _path: &str) -> Result<(), 
     if actual == want {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed")))
+        Err(ApiError::method_not_allowed(actual, &format!("OPTIONS,{want}")))
+    }
+}
+
+impl ApiError {
+    /// 405 with Consul's text and its `Allow` header (`OPTIONS,GET`…).
+    pub(crate) fn method_not_allowed(actual: &Method, allow: &str) -> ApiError {
+        let mut e =
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed"));
+        e.allow = Some(allow.to_string());
+        e
     }
 }
