@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::kv::{KvEntry, Write, entry_json};
+use super::kv::{KvEntry, Write, entry_json, owned};
 use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind};
 
 /// Consul's `txn_max_req_len` default: the largest transaction body.
@@ -375,7 +375,7 @@ fn parse_op(op: &Value) -> Result<Option<TxnOp>, String> {
     let value = match get("Value") {
         None => Bytes::new(),
         Some(Value::String(v)) => {
-            STANDARD.decode(v.as_bytes()).map(Bytes::from).map_err(|e| match e {
+            STANDARD.decode(v.as_bytes()).map(owned).map_err(|e| match e {
                 base64::DecodeError::InvalidByte(at, _)
                 | base64::DecodeError::InvalidLastSymbol(at, _) => {
                     format!("illegal base64 data at input byte {at}")
