@@ -551,3 +551,58 @@ async fn a_wrong_method_is_405_with_consuls_allow_header() {
         assert_eq!(header(&r, "Allow"), Some(allow), "{target}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn malformed_session_requests_and_kv_flags_get_consuls_words() {
+    let api = Api::new();
+    let cases = [
+        (
+            "[]",
+            400,
+            "Request decode failed: json: cannot unmarshal array into Go value of type struct { LockDelay interface {}; *structs.Alias }",
+        ),
+        (
+            r#"{"Name":5}"#,
+            400,
+            "Request decode failed: json: cannot unmarshal number into Go struct field .Name of type string",
+        ),
+        (
+            r#"{"Node":5}"#,
+            400,
+            "Request decode failed: json: cannot unmarshal number into Go struct field .Node of type string",
+        ),
+        (
+            r#"{"NodeChecks":"x"}"#,
+            400,
+            "Request decode failed: json: cannot unmarshal string into Go struct field .NodeChecks of type []string",
+        ),
+        (
+            r#"{"Behavior":5}"#,
+            400,
+            "Request decode failed: json: cannot unmarshal number into Go struct field .Behavior of type structs.SessionBehavior",
+        ),
+        (r#"{"LockDelay":"abc"}"#, 400, r#"Request decode failed: time: invalid duration "abc""#),
+    ];
+    for (body, status, message) in cases {
+        let r = api.put("/v1/session/create", body).await;
+        assert_eq!(answer(&r), (status, message.to_string()), "{body}");
+    }
+    // LockDelay 2.5 (a number below 1000) is whole seconds.
+    let id = api.session(r#"{"LockDelay":2.5}"#).await;
+    let info = json_of(&api.get(&format!("/v1/session/info/{id}")).await);
+    assert_eq!(info[0]["LockDelay"], 2_000_000_000u64);
+    // A check in critical state cannot back a session.
+    api.put("/v1/agent/check/register", r#"{"ID":"crit","Name":"crit","TTL":"30s"}"#).await;
+    let r = api.put("/v1/session/create", r#"{"NodeChecks":["serfHealth","crit"]}"#).await;
+    assert_eq!(answer(&r), (500, "Check 'crit' is in critical state".into()));
+    // KV: an empty acquire/release session, recurse with cas.
+    for target in ["/v1/kv/x?acquire=", "/v1/kv/x?release="] {
+        assert_eq!(
+            answer(&api.put(target, "x").await),
+            (500, "missing session".into()),
+            "{target}"
+        );
+    }
+    let r = api.send(Method::DELETE, "/v1/kv/x?recurse&cas=1", "").await;
+    assert_eq!(answer(&r), (400, "Conflicting flags: cas=1&recurse=".into()));
+}

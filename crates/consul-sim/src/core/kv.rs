@@ -153,6 +153,12 @@ impl Consul {
                         go_query_encode(&t.query)
                     )));
                 }
+                if acquire.or(release) == Some("") {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "missing session",
+                    ));
+                }
                 let w = Write {
                     key,
                     // A fresh allocation: a stored value never pins the request's buffer.
@@ -166,6 +172,12 @@ impl Consul {
                 Ok(Reply::json(&json!(ok)))
             }
             Method::DELETE => {
+                if t.flag("recurse") && t.flag("cas") {
+                    return Err(ApiError::bad_request(format!(
+                        "Conflicting flags: {}",
+                        go_query_encode(&t.query)
+                    )));
+                }
                 if t.flag("recurse") {
                     self.kv_delete_tree(key);
                     return Ok(Reply::json(&json!(true)));
