@@ -98,6 +98,12 @@ impl Parked {
         if changes.other {
             fire(std::mem::take(&mut self.non_kv));
         }
+        if changes.all_kv {
+            fire(std::mem::take(&mut self.any_kv));
+            std::mem::take(&mut self.keys).into_values().for_each(fire);
+            std::mem::take(&mut self.prefixes).into_values().for_each(fire);
+            return;
+        }
         if changes.keys.is_empty() {
             return;
         }
@@ -238,7 +244,7 @@ impl Sim {
     /// Wakes the blocking queries whose answer the latest writes may have changed.
     fn publish(&self, core: &mut Consul) {
         let changes = core.take_changes();
-        if changes.other || !changes.keys.is_empty() {
+        if changes.other || changes.all_kv || !changes.keys.is_empty() {
             self.parked().wake(&changes);
         }
         self.shared.index.send_if_modified(|i| {
@@ -548,7 +554,7 @@ mod tests {
     use super::*;
 
     fn changes(keys: &[&str], other: bool) -> Changes {
-        Changes { keys: keys.iter().map(|k| k.to_string()).collect(), other }
+        Changes { keys: keys.iter().map(|k| k.to_string()).collect(), other, all_kv: false }
     }
 
     #[test]
@@ -561,11 +567,15 @@ mod tests {
             Watch::AnyKv,
             Watch::NonKv,
         ];
-        let cases: [(Changes, [bool; 6]); 4] = [
+        let cases: [(Changes, [bool; 6]); 5] = [
             (changes(&["b"], false), [false, true, false, true, true, false]),
             (changes(&["t/x/y"], false), [false, false, true, true, true, false]),
             (changes(&["t"], false), [false, false, false, true, true, false]),
             (changes(&[], true), [false, false, false, false, false, true]),
+            (
+                Changes { all_kv: true, ..changes(&[], false) },
+                [true, true, true, true, true, false],
+            ),
         ];
         for (c, expected) in cases {
             let mut parked = Parked::default();

@@ -53,12 +53,19 @@ pub struct Changes {
     pub keys: Vec<String>,
     /// True if anything outside the KV store was written.
     pub other: bool,
+    /// True if more keys changed than are listed (the list is bounded, for cores whose
+    /// changes nobody takes): every KV read may have changed.
+    pub all_kv: bool,
 }
+
+/// Most changed keys listed before [`Changes::all_kv`] stands for them.
+const MAX_LISTED_CHANGES: usize = 4096;
 
 impl Changes {
     /// True if these changes may change the answer of a read that watches `watch`.
     pub fn wake(&self, watch: &Watch) -> bool {
         match watch {
+            Watch::Key(_) | Watch::Prefix(_) | Watch::AnyKv if self.all_kv => true,
             Watch::Key(k) => self.keys.iter().any(|c| c == k),
             Watch::Prefix(p) => self.keys.iter().any(|c| c.starts_with(p.as_str())),
             Watch::AnyKv => !self.keys.is_empty(),
@@ -106,6 +113,14 @@ impl Consul {
 
     /// Notes a change to a KV key, for the parked reads that watch it.
     pub(crate) fn touched_key(&mut self, key: &str) {
+        if self.changes.all_kv {
+            return;
+        }
+        if self.changes.keys.len() >= MAX_LISTED_CHANGES {
+            self.changes.keys.clear();
+            self.changes.all_kv = true;
+            return;
+        }
         self.changes.keys.push(key.to_string());
     }
 }

@@ -412,4 +412,21 @@ mod tests {
         let range = buffer.as_ptr_range();
         assert!(!range.contains(&stored.as_ptr()), "the value is a slice of the request");
     }
+
+    #[test]
+    fn changes_nobody_takes_stay_bounded() {
+        let mut c = Consul::new(SimConfig::default());
+        for i in 0..5_000 {
+            let req = SimRequest {
+                method: Method::PUT,
+                target: format!("/v1/kv/k{i}"),
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"v"),
+            };
+            c.handle(SimTime::default(), &req, false);
+        }
+        let changes = c.take_changes();
+        assert!(changes.all_kv && changes.keys.is_empty(), "{} keys listed", changes.keys.len());
+        assert_eq!(c.take_changes(), Default::default());
+    }
 }

@@ -94,7 +94,9 @@ impl Consul {
         }
         self.state.index = log.saved_index;
         self.state.kv_index = log.saved_kv_index;
-        self.changes.keys.truncate(log.saved_changes);
+        if !self.changes.all_kv {
+            self.changes.keys.truncate(log.saved_changes);
+        }
     }
 
     pub(crate) fn txn_endpoint(&mut self, now: SimTime, body: &Bytes) -> Result<Reply, ApiError> {
