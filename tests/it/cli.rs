@@ -238,3 +238,21 @@ fn bad_input_gets_a_one_line_error_and_a_non_zero_exit() {
     one_line(&run(&["agent", "-dev", "--http-addr", &addr]), "cannot listen");
     one_line(&run(&["agent", "--http-addr", &addr]), "-dev");
 }
+
+#[test]
+fn each_dev_agent_run_hands_out_its_own_session_ids() {
+    // Consul's session ids are random; a dev agent seeded with a constant would repeat the
+    // same ids on every start (and after a restart, ids a client may still hold).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let _agent = spawn(&["agent", "-dev", "--http-addr", &addr], &addr);
+        wait_for(Duration::from_secs(10), "the agent answers", || status(&addr));
+        let client =
+            consul_api::Client::builder().address(format!("http://{addr}")).build().unwrap();
+        let request = consul_api::session::SessionRequest::default();
+        ids.push(rt.block_on(client.session().create(&request)).unwrap());
+    }
+    assert_ne!(ids[0], ids[1]);
+}

@@ -131,3 +131,78 @@ async fn missing_keys_and_empty_prefixes_answer_the_kv_tables_index() {
     send(&sim, Method::PUT, "/v1/session/create", b"{}").await;
     assert_eq!(index(&send(&sim, Method::GET, "/v1/kv/ix/k1", b"").await), put + 2);
 }
+
+/// Sends `target` as a blocking read at the current answer's index (wait 10 s), runs
+/// `write` 1 s later, and returns how long the read took.
+async fn woken_after<F, Fut>(sim: &Sim, target: &str, write: F) -> Duration
+where
+    F: FnOnce(Sim) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let i = index(&send(sim, Method::GET, target, b"").await);
+    let sep = if target.contains('?') { '&' } else { '?' };
+    let writer = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            write(sim).await;
+        })
+    };
+    let started = Instant::now();
+    send(sim, Method::GET, &format!("{target}{sep}index={i}&wait=10s"), b"").await;
+    writer.await.unwrap();
+    started.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_wakes_exactly_the_reads_whose_answer_it_may_change() {
+    let sim = Sim::new(SimConfig::default());
+    send(&sim, Method::PUT, "/v1/kv/tree/a", b"1").await;
+    send(&sim, Method::PUT, "/v1/kv/a", b"1").await;
+    let one = Duration::from_secs(1);
+    let put = |target: &'static str| {
+        move |sim: Sim| async move {
+            send(&sim, Method::PUT, target, b"new").await;
+        }
+    };
+    // Measured on Consul 1.8.7 with a write 1 s into a 5 s wait: a missing key and an empty
+    // prefix returned after 1.1 s (their index is the KV table's), a prefix with keys and the
+    // session list only at the timeout.
+    assert_eq!(woken_after(&sim, "/v1/kv/tree/?recurse", put("/v1/kv/tree/b")).await, one);
+    assert_eq!(woken_after(&sim, "/v1/kv/tree/?keys", put("/v1/kv/tree/c")).await, one);
+    assert_eq!(woken_after(&sim, "/v1/kv/missing", put("/v1/kv/other1")).await, one);
+    assert_eq!(woken_after(&sim, "/v1/kv/empty/?recurse", put("/v1/kv/other2")).await, one);
+    assert_eq!(woken_after(&sim, "/v1/kv/a", put("/v1/kv/a")).await, one);
+    assert!(woken_after(&sim, "/v1/kv/tree/?recurse", put("/v1/kv/treex")).await >= 10 * one);
+    assert!(woken_after(&sim, "/v1/kv/a", put("/v1/kv/b")).await >= 10 * one);
+    assert!(woken_after(&sim, "/v1/session/list", put("/v1/kv/b")).await >= 10 * one);
+    let create = |sim: Sim| async move {
+        send(&sim, Method::PUT, "/v1/session/create", b"{}").await;
+    };
+    assert_eq!(woken_after(&sim, "/v1/session/list", create).await, one);
+    // A lock released by a session's end wakes the readers of its key.
+    let id = {
+        let r = send(&sim, Method::PUT, "/v1/session/create", br#"{"LockDelay":"0s"}"#).await;
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["ID"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let acquire = SimRequest {
+        method: Method::PUT,
+        target: format!("/v1/kv/held?acquire={id}"),
+        headers: HeaderMap::new(),
+        body: Bytes::from_static(b"h"),
+    };
+    sim.execute("test", acquire).await.unwrap();
+    let destroy = move |sim: Sim| async move {
+        let req = SimRequest {
+            method: Method::PUT,
+            target: format!("/v1/session/destroy/{id}"),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        };
+        sim.execute("test", req).await.unwrap();
+    };
+    assert_eq!(woken_after(&sim, "/v1/kv/held", destroy).await, one);
+}

@@ -515,3 +515,94 @@ async fn the_deprecated_checks_list_is_kept_apart_and_still_binds() {
     let all = json_of(&api.get("/v1/session/list").await);
     assert!(all.as_array().unwrap().iter().all(|s| s["Name"] != "legacy"), "{all}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_changes_nothing_keeps_the_index() {
+    // Consul 1.8.7: PUT of the same value and flags leaves ModifyIndex as it was (485, 485,
+    // 485, then 488 for a new value); a txn set of the same value answers the old entry.
+    let api = Api::new();
+    let modify = |r: &SimResponse| json_of(r)[0]["ModifyIndex"].as_u64().unwrap();
+    api.put("/v1/kv/same", "1").await;
+    let first = modify(&api.get("/v1/kv/same").await);
+    api.put("/v1/kv/same", "1").await;
+    api.put("/v1/kv/same?flags=0", "1").await;
+    assert_eq!(modify(&api.get("/v1/kv/same").await), first);
+    api.put("/v1/kv/same", "2").await;
+    let second = modify(&api.get("/v1/kv/same").await);
+    assert!(second > first);
+    let r = api.txn(json!([{"KV": {"Verb": "set", "Key": "same", "Value": "Mg=="}}])).await;
+    assert_eq!(json_of(&r)["Results"][0]["KV"]["ModifyIndex"], second);
+    assert_eq!(modify(&api.get("/v1/kv/same").await), second);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wrong_method_is_405_with_consuls_allow_header() {
+    let api = Api::new();
+    let cases = [
+        (Method::POST, "/v1/kv/x", "OPTIONS,GET,PUT,DELETE"),
+        (Method::GET, "/v1/txn", "OPTIONS,PUT"),
+        (Method::PUT, "/v1/session/list", "OPTIONS,GET"),
+        (Method::GET, "/v1/session/destroy/x", "OPTIONS,PUT"),
+        (Method::DELETE, "/v1/status/leader", "OPTIONS,GET"),
+    ];
+    for (method, target, allow) in cases {
+        let r = api.send(method.clone(), target, "").await;
+        assert_eq!(answer(&r), (405, format!("method {method} not allowed")), "{target}");
+        assert_eq!(header(&r, "Allow"), Some(allow), "{target}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_session_requests_and_kv_flags_get_consuls_words() {
+    let api = Api::new();
+    let cases = [
+        (
+            "[]",
+            400,
+            "Request decode failed: json: cannot unmarshal array into Go value of type struct { LockDelay interface {}; *structs.Alias }",
+        ),
+        (
+            r#"{"Name":5}"#,
+            400,
+            "Request decode failed: json: cannot unmarshal number into Go struct field .Name of type string",
+        ),
+        (
+            r#"{"Node":5}"#,
+            400,
+            "Request decode failed: json: cannot unmarshal number into Go struct field .Node of type string",
+        ),
+        (
+            r#"{"NodeChecks":"x"}"#,
+            400,
+            "Request decode failed: json: cannot unmarshal string into Go struct field .NodeChecks of type []string",
+        ),
+        (
+            r#"{"Behavior":5}"#,
+            400,
+            "Request decode failed: json: cannot unmarshal number into Go struct field .Behavior of type structs.SessionBehavior",
+        ),
+        (r#"{"LockDelay":"abc"}"#, 400, r#"Request decode failed: time: invalid duration "abc""#),
+    ];
+    for (body, status, message) in cases {
+        let r = api.put("/v1/session/create", body).await;
+        assert_eq!(answer(&r), (status, message.to_string()), "{body}");
+    }
+    // LockDelay 2.5 (a number below 1000) is whole seconds.
+    let id = api.session(r#"{"LockDelay":2.5}"#).await;
+    let info = json_of(&api.get(&format!("/v1/session/info/{id}")).await);
+    assert_eq!(info[0]["LockDelay"], 2_000_000_000u64);
+    // A check in critical state cannot back a session.
+    api.put("/v1/agent/check/register", r#"{"ID":"crit","Name":"crit","TTL":"30s"}"#).await;
+    let r = api.put("/v1/session/create", r#"{"NodeChecks":["serfHealth","crit"]}"#).await;
+    assert_eq!(answer(&r), (500, "Check 'crit' is in critical state".into()));
+    // KV: an empty acquire/release session, recurse with cas.
+    for target in ["/v1/kv/x?acquire=", "/v1/kv/x?release="] {
+        assert_eq!(
+            answer(&api.put(target, "x").await),
+            (500, "missing session".into()),
+            "{target}"
+        );
+    }
+    let r = api.send(Method::DELETE, "/v1/kv/x?recurse&cas=1", "").await;
+    assert_eq!(answer(&r), (400, "Conflicting flags: cas=1&recurse=".into()));
+}

@@ -1,7 +1,7 @@
 //! The tokio adapter around the core: one shared simulator, its timers, its faults, and the
 //! in-process [`SimTransport`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -9,10 +9,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use consul_api::{Client, Error, Request, Response, Transport};
 use http::HeaderMap;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::core::{CheckKind, Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
+use crate::core::{
+    Changes, CheckKind, Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime, Watch,
+};
 use crate::persist::{self, DataDir, Op};
 
 /// Why a request got no response.
@@ -32,9 +34,116 @@ struct Faults {
     drop_responses: HashMap<String, u32>,
 }
 
+type Wakers = HashMap<u64, oneshot::Sender<()>>;
+
+/// Parked blocking reads, indexed by what they watch: a write wakes only the reads whose
+/// answer it may change, so its cost does not grow with reads parked elsewhere.
+#[derive(Debug, Default)]
+struct Parked {
+    next_id: u64,
+    keys: HashMap<String, Wakers>,
+    prefixes: BTreeMap<String, Wakers>,
+    any_kv: Wakers,
+    non_kv: Wakers,
+}
+
+impl Parked {
+    fn slot(&mut self, watch: &Watch) -> &mut Wakers {
+        match watch {
+            Watch::Key(k) => self.keys.entry(k.clone()).or_default(),
+            Watch::Prefix(p) => self.prefixes.entry(p.clone()).or_default(),
+            Watch::AnyKv => &mut self.any_kv,
+            Watch::NonKv => &mut self.non_kv,
+        }
+    }
+
+    fn park(&mut self, watch: &Watch) -> (u64, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        self.next_id += 1;
+        let id = self.next_id;
+        self.slot(watch).insert(id, tx);
+        (id, rx)
+    }
+
+    fn leave(&mut self, watch: &Watch, id: u64) {
+        match watch {
+            Watch::Key(k) => {
+                if let Some(w) = self.keys.get_mut(k) {
+                    w.remove(&id);
+                    if w.is_empty() {
+                        self.keys.remove(k);
+                    }
+                }
+            }
+            Watch::Prefix(p) => {
+                if let Some(w) = self.prefixes.get_mut(p) {
+                    w.remove(&id);
+                    if w.is_empty() {
+                        self.prefixes.remove(p);
+                    }
+                }
+            }
+            Watch::AnyKv | Watch::NonKv => {
+                self.slot(watch).remove(&id);
+            }
+        }
+    }
+
+    /// Wakes every read that `changes` concern: O(changed keys × key length + woken).
+    fn wake(&mut self, changes: &Changes) {
+        let fire = |w: Wakers| {
+            for tx in w.into_values() {
+                let _ = tx.send(());
+            }
+        };
+        if changes.other {
+            fire(std::mem::take(&mut self.non_kv));
+        }
+        if changes.all_kv {
+            fire(std::mem::take(&mut self.any_kv));
+            std::mem::take(&mut self.keys).into_values().for_each(fire);
+            std::mem::take(&mut self.prefixes).into_values().for_each(fire);
+            return;
+        }
+        if changes.keys.is_empty() {
+            return;
+        }
+        fire(std::mem::take(&mut self.any_kv));
+        for key in &changes.keys {
+            if let Some(w) = self.keys.remove(key) {
+                fire(w);
+            }
+            if self.prefixes.is_empty() {
+                continue;
+            }
+            for (i, _) in key.char_indices().chain([(key.len(), ' ')]) {
+                if let Some(w) = self.prefixes.remove(&key[..i]) {
+                    fire(w);
+                }
+            }
+        }
+    }
+}
+
+/// Takes a parked read out of [`Parked`] when its wait ends in any way (woken, timed out,
+/// or the caller gave up).
+struct Parking<'s> {
+    shared: &'s Shared,
+    watch: Watch,
+    id: u64,
+}
+
+impl Drop for Parking<'_> {
+    fn drop(&mut self) {
+        let mut parked = self.shared.parked.lock().unwrap_or_else(|p| p.into_inner());
+        parked.leave(&self.watch, self.id);
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     core: Mutex<Consul>,
+    parked: Mutex<Parked>,
     start: Instant,
     index: watch::Sender<u64>,
     timers_changed: Arc<Notify>,
@@ -82,6 +191,7 @@ impl Sim {
         let (index, _) = watch::channel(core.index());
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
+            parked: Mutex::default(),
             start: Instant::now(),
             index,
             timers_changed: Arc::new(Notify::new()),
@@ -116,15 +226,19 @@ impl Sim {
         let out = {
             let mut core = self.core();
             let out = f(&mut core, now);
-            self.publish(&core);
+            self.publish(&mut core);
             out
         };
         self.shared.timers_changed.notify_one();
         out
     }
 
-    /// Wakes the blocking queries parked on an older index.
-    fn publish(&self, core: &Consul) {
+    /// Wakes the blocking queries whose answer the latest writes may have changed.
+    fn publish(&self, core: &mut Consul) {
+        let changes = core.take_changes();
+        if changes.other || changes.all_kv || !changes.keys.is_empty() {
+            self.parked().wake(&changes);
+        }
         self.shared.index.send_if_modified(|i| {
             let changed = *i != core.index();
             *i = core.index();
@@ -155,25 +269,34 @@ impl Sim {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        let mut rx = self.shared.index.subscribe();
         let mut block = true;
-        // Fixed when the query first parks and never re-armed: a stream of writes to other
-        // keys wakes the query (the store index moved) but must not extend its wait.
+        // Fixed when the query first parks and never re-armed: a write that wakes the query
+        // without changing its answer must not extend its wait.
         let mut first_deadline = None;
         let resp = loop {
-            let outcome = self.with_core(|core, now| {
-                persist::handle(self.shared.data.as_ref(), core, now, &req, block)
+            // Parked under the core's lock, so no write can slip between the read and the
+            // parking.
+            let (outcome, parking) = self.with_core(|core, now| {
+                match persist::handle(self.shared.data.as_ref(), core, now, &req, block) {
+                    Outcome::Blocked { index, deadline, watch } => {
+                        let (id, woken) = self.parked().park(&watch);
+                        let parking = Parking { shared: &self.shared, watch: watch.clone(), id };
+                        (Outcome::Blocked { index, deadline, watch }, Some((parking, woken)))
+                    }
+                    done => (done, None),
+                }
             });
-            match outcome {
-                Outcome::Done(resp) => break resp,
-                Outcome::Blocked { index, deadline } => {
+            match (outcome, parking) {
+                (Outcome::Blocked { deadline, .. }, Some((_parking, woken))) => {
                     let deadline = *first_deadline.get_or_insert(deadline);
                     let until = self.shared.start + deadline.0;
                     tokio::select! {
-                        _ = rx.wait_for(|i| *i > index) => {}
+                        _ = woken => {}
                         _ = tokio::time::sleep_until(until) => block = false,
                     }
                 }
+                (Outcome::Done(resp), _) => break resp,
+                (Outcome::Blocked { .. }, None) => block = false,
             }
         };
         let mut faults = self.faults();
@@ -184,6 +307,10 @@ impl Sim {
             return Err(Failure::ResponseDropped);
         }
         Ok(resp)
+    }
+
+    fn parked(&self) -> MutexGuard<'_, Parked> {
+        self.shared.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn faults(&self) -> MutexGuard<'_, Faults> {
@@ -258,7 +385,7 @@ async fn drive(shared: Weak<Shared>, timers_changed: Arc<Notify>, start: Instant
                 let mut core = sim.core();
                 persist::advance(sim.shared.data.as_ref(), &mut core, now);
                 let due = core.due_checks(now);
-                sim.publish(&core);
+                sim.publish(&mut core);
                 due
             };
             for (node, id, kind) in due {
@@ -426,5 +553,57 @@ impl Transport for SimTransport {
                 Ok(Response { status: resp.status, headers: header_map(&resp), body: resp.body })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(keys: &[&str], other: bool) -> Changes {
+        Changes { keys: keys.iter().map(|k| k.to_string()).collect(), other, all_kv: false }
+    }
+
+    #[test]
+    fn a_write_wakes_only_the_parked_reads_it_concerns() {
+        let watches = [
+            Watch::Key("a".into()),
+            Watch::Key("b".into()),
+            Watch::Prefix("t/".into()),
+            Watch::Prefix("".into()),
+            Watch::AnyKv,
+            Watch::NonKv,
+        ];
+        let cases: [(Changes, [bool; 6]); 5] = [
+            (changes(&["b"], false), [false, true, false, true, true, false]),
+            (changes(&["t/x/y"], false), [false, false, true, true, true, false]),
+            (changes(&["t"], false), [false, false, false, true, true, false]),
+            (changes(&[], true), [false, false, false, false, false, true]),
+            (
+                Changes { all_kv: true, ..changes(&[], false) },
+                [true, true, true, true, true, false],
+            ),
+        ];
+        for (c, expected) in cases {
+            let mut parked = Parked::default();
+            let mut rxs: Vec<_> = watches.iter().map(|w| parked.park(w).1).collect();
+            parked.wake(&c);
+            let woken: Vec<bool> = rxs.iter_mut().map(|rx| rx.try_recv().is_ok()).collect();
+            assert_eq!(woken, expected, "{c:?}");
+            // Woken reads leave the index; the others stay until they leave themselves.
+            let left = parked.keys.len() + parked.prefixes.len();
+            let left = left + parked.any_kv.len() + parked.non_kv.len();
+            assert_eq!(left, expected.iter().filter(|w| !**w).count(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_read_that_leaves_is_forgotten() {
+        let mut parked = Parked::default();
+        let (id, _rx) = parked.park(&Watch::Key("a".into()));
+        let (id2, _rx2) = parked.park(&Watch::Prefix("p/".into()));
+        parked.leave(&Watch::Key("a".into()), id);
+        parked.leave(&Watch::Prefix("p/".into()), id2);
+        assert!(parked.keys.is_empty() && parked.prefixes.is_empty());
     }
 }

@@ -1,4 +1,5 @@
-//! Blocking queries: `?index` and `?wait`, and parking a read until the index moves.
+//! Blocking queries: `?index` and `?wait`, parking a read until its answer may change,
+//! and what a parked read watches ([`Watch`]) so a write wakes only the reads it concerns.
 
 use std::time::Duration;
 
@@ -32,15 +33,94 @@ pub(crate) fn blocking_params(t: &Target) -> Result<Option<(u64, Duration)>, Str
     Ok(Some((index, wait)))
 }
 
+/// What a parked read's answer depends on: the writes that may change it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Watch {
+    /// One existing key (its answer's index is the key's ModifyIndex).
+    Key(String),
+    /// Every key under a prefix that has keys or tombstones.
+    Prefix(String),
+    /// Any KV write: a missing key or an empty prefix answers the KV table's index.
+    AnyKv,
+    /// Any write outside the KV store (sessions, catalog, health, agent).
+    NonKv,
+}
+
+/// What writes changed since the adapter last asked ([`Consul::take_changes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// KV keys written, deleted, locked or released.
+    pub keys: Vec<String>,
+    /// True if anything outside the KV store was written.
+    pub other: bool,
+    /// True if more keys changed than are listed (the list is bounded, for cores whose
+    /// changes nobody takes): every KV read may have changed.
+    pub all_kv: bool,
+}
+
+/// Most changed keys listed before [`Changes::all_kv`] stands for them.
+const MAX_LISTED_CHANGES: usize = 4096;
+
+impl Changes {
+    /// True if these changes may change the answer of a read that watches `watch`.
+    pub fn wake(&self, watch: &Watch) -> bool {
+        match watch {
+            Watch::Key(_) | Watch::Prefix(_) | Watch::AnyKv if self.all_kv => true,
+            Watch::Key(k) => self.keys.iter().any(|c| c == k),
+            Watch::Prefix(p) => self.keys.iter().any(|c| c.starts_with(p.as_str())),
+            Watch::AnyKv => !self.keys.is_empty(),
+            Watch::NonKv => self.other,
+        }
+    }
+}
+
 impl Consul {
     /// Parks a blocking read until the index moves or `wait` (plus up to wait/16 of
     /// jitter, as Consul adds) passes.
-    pub(crate) fn park(&mut self, now: SimTime, wait: Duration) -> Outcome {
+    pub(crate) fn park(&mut self, now: SimTime, wait: Duration, target: &Target) -> Outcome {
         let jitter = if wait.is_zero() {
             Duration::ZERO
         } else {
             Duration::from_nanos(self.random() % (wait.as_nanos() as u64 / 16 + 1))
         };
-        Outcome::Blocked { index: self.index(), deadline: now.after(wait + jitter) }
+        let watch = self.watch_of(target);
+        Outcome::Blocked { index: self.index(), deadline: now.after(wait + jitter), watch }
+    }
+
+    /// What the read `target` watches, given the store as it is now.
+    fn watch_of(&self, target: &Target) -> Watch {
+        let Some(key) = target.path.strip_prefix("/v1/kv/") else { return Watch::NonKv };
+        let under = |p: &str| {
+            let entries = self.state.kv.range(p.to_string()..).next();
+            let tombs = self.state.tombstones.range(p.to_string()..).next();
+            entries.is_some_and(|(k, _)| k.starts_with(p))
+                || tombs.is_some_and(|(k, _)| k.starts_with(p))
+        };
+        if target.flag("keys") || target.flag("recurse") {
+            if under(key) { Watch::Prefix(key.to_string()) } else { Watch::AnyKv }
+        } else if self.state.kv.contains_key(key) {
+            Watch::Key(key.to_string())
+        } else {
+            Watch::AnyKv
+        }
+    }
+
+    /// Takes the record of what changed since the last call; the adapter wakes the parked
+    /// reads whose [`Watch`] it concerns.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Notes a change to a KV key, for the parked reads that watch it.
+    pub(crate) fn touched_key(&mut self, key: &str) {
+        if self.changes.all_kv {
+            return;
+        }
+        if self.changes.keys.len() >= MAX_LISTED_CHANGES {
+            self.changes.keys.clear();
+            self.changes.all_kv = true;
+            return;
+        }
+        self.changes.keys.push(key.to_string());
     }
 }

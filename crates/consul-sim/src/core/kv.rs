@@ -34,8 +34,15 @@ mod b64 {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
         let s = String::deserialize(d)?;
-        STANDARD.decode(s.as_bytes()).map(Bytes::from).map_err(D::Error::custom)
+        STANDARD.decode(s.as_bytes()).map(super::owned).map_err(D::Error::custom)
     }
+}
+
+/// A stored value that owns exactly its bytes: base64 decoding over-allocates a little, and
+/// a value may be kept for the store's lifetime.
+pub(crate) fn owned(mut v: Vec<u8>) -> Bytes {
+    v.shrink_to_fit();
+    Bytes::from(v)
 }
 
 /// The JSON Consul returns for one entry; `with_value: false` gives `"Value": null`, as
@@ -146,6 +153,12 @@ impl Consul {
                         go_query_encode(&t.query)
                     )));
                 }
+                if acquire.or(release) == Some("") {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "missing session",
+                    ));
+                }
                 let w = Write {
                     key,
                     // A fresh allocation: a stored value never pins the request's buffer.
@@ -159,6 +172,12 @@ impl Consul {
                 Ok(Reply::json(&json!(ok)))
             }
             Method::DELETE => {
+                if t.flag("recurse") && t.flag("cas") {
+                    return Err(ApiError::bad_request(format!(
+                        "Conflicting flags: {}",
+                        go_query_encode(&t.query)
+                    )));
+                }
                 if t.flag("recurse") {
                     self.kv_delete_tree(key);
                     return Ok(Reply::json(&json!(true)));
@@ -175,10 +194,7 @@ impl Consul {
                 };
                 Ok(Reply::json(&json!(ok)))
             }
-            _ => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {method} not allowed"),
-            )),
+            _ => Err(ApiError::method_not_allowed(method, "OPTIONS,GET,PUT,DELETE")),
         }
     }
 
@@ -285,8 +301,7 @@ impl Consul {
                 return Ok(false);
             }
         }
-        let before = existing.cloned();
-        let mut entry = before.clone().unwrap_or_default();
+        let mut entry = existing.cloned().unwrap_or_default();
         let created = existing.is_none();
         if w.acquire.is_none() && w.release.is_none() {
             // A plain set or cas writes the request's own LockIndex, which is 0; the holding
@@ -315,20 +330,14 @@ impl Consul {
             }
             entry.session = None;
         }
-        let index = self.write_index();
         entry.value = w.value.clone();
         entry.flags = w.flags;
-        // Consul leaves an entry that would not change untouched: the write takes a raft
-        // index, but the key's ModifyIndex and the KV table's index stay (seen on 1.8.7 for a
-        // holder re-acquiring with the same value, and for a PUT of the same value).
-        if before.is_some_and(|b| {
-            b.value == entry.value
-                && b.flags == entry.flags
-                && b.session == entry.session
-                && b.lock_index == entry.lock_index
-        }) {
+        // Consul skips a write that changes nothing (same value, flags, holder): the key
+        // keeps its ModifyIndex and blocking readers are not woken.
+        if existing.is_some_and(|e| *e == entry) {
             return Ok(true);
         }
+        let index = self.write_index();
         self.remember(w.key);
         if created {
             entry.create_index = index;
@@ -381,5 +390,48 @@ impl Consul {
             self.state.kv.remove(&k);
             self.state.tombstones.insert(k, index);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::{HeaderMap, Method};
+
+    use crate::core::{Consul, SimConfig, SimRequest, SimTime};
+
+    #[test]
+    fn a_stored_value_does_not_pin_the_request_buffer() {
+        let mut c = Consul::new(SimConfig::default());
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let body = buffer.slice(100..110);
+        let req = SimRequest {
+            method: Method::PUT,
+            target: "/v1/kv/k".into(),
+            headers: HeaderMap::new(),
+            body: body.clone(),
+        };
+        c.handle(SimTime::default(), &req, false);
+        let stored = &c.state.kv["k"].value;
+        assert_eq!(stored, &body);
+        let range = buffer.as_ptr_range();
+        assert!(!range.contains(&stored.as_ptr()), "the value is a slice of the request");
+    }
+
+    #[test]
+    fn changes_nobody_takes_stay_bounded() {
+        let mut c = Consul::new(SimConfig::default());
+        for i in 0..5_000 {
+            let req = SimRequest {
+                method: Method::PUT,
+                target: format!("/v1/kv/k{i}"),
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"v"),
+            };
+            c.handle(SimTime::default(), &req, false);
+        }
+        let changes = c.take_changes();
+        assert!(changes.all_kv && changes.keys.is_empty(), "{} keys listed", changes.keys.len());
+        assert_eq!(c.take_changes(), Default::default());
     }
 }

@@ -31,6 +31,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use blocking::{Changes, Watch};
 pub use request::{BadTarget, SimRequest, Target};
 
 use blocking::blocking_params;
@@ -114,13 +115,16 @@ impl SimResponse {
 pub enum Outcome {
     /// The answer.
     Done(SimResponse),
-    /// A blocking query whose result index is still ≤ the caller's: ask again when the
-    /// store's index passes `index`, or with `block = false` once `deadline` is reached.
+    /// A blocking query whose result index is still ≤ the caller's: ask again when a
+    /// write concerns `watch` (see [`Consul::take_changes`]), or with `block = false` once
+    /// `deadline` is reached.
     Blocked {
         /// The store index when the query parked.
         index: u64,
         /// When the wait ends (wait plus up to wait/16 of jitter).
         deadline: SimTime,
+        /// What the query's answer depends on.
+        watch: Watch,
     },
 }
 
@@ -239,6 +243,8 @@ pub struct Consul {
     pub(crate) txn: Option<txn::UndoLog>,
     /// User events the agent received (agent memory, not raft: not in snapshots).
     pub(crate) events: event::Events,
+    /// What changed since the adapter last took the changes.
+    pub(crate) changes: Changes,
 }
 
 impl Consul {
@@ -250,6 +256,7 @@ impl Consul {
             leader_lost: false,
             txn: None,
             events: event::Events::default(),
+            changes: Changes::default(),
         };
         c.register_agent_node();
         c
@@ -277,6 +284,12 @@ impl Consul {
 
     /// The next index, for a write.
     pub(crate) fn bump(&mut self) -> u64 {
+        self.changes.other = true;
+        self.bump_kv()
+    }
+
+    /// The next index, for a write to KV keys only (each key is noted by `touched_key`).
+    pub(crate) fn bump_kv(&mut self) -> u64 {
         self.state.index += 1;
         self.state.index
     }
@@ -365,7 +378,7 @@ impl Consul {
                 (Some(index), Some((min_index, wait)))
                     if block && e.status == StatusCode::NOT_FOUND && index <= min_index =>
                 {
-                    return self.park(now, wait);
+                    return self.park(now, wait, &target);
                 }
                 _ => return Outcome::Done(e.into_response()),
             },
@@ -375,12 +388,14 @@ impl Consul {
                 if block && index <= min_index =>
             {
                 let _ = response;
-                self.park(now, wait)
+                self.park(now, wait, &target)
             }
             (Reply::Read { index, response }, _) => {
                 Outcome::Done(response.with_index(index, !self.leader_lost))
             }
-            (Reply::Watch { moved: false, .. }, Some((_, wait))) if block => self.park(now, wait),
+            (Reply::Watch { moved: false, .. }, Some((_, wait))) if block => {
+                self.park(now, wait, &target)
+            }
             (Reply::Watch { response, .. }, _) => Outcome::Done(response),
             (Reply::Write(response), _) => Outcome::Done(response),
         }
@@ -556,11 +571,13 @@ pub(crate) struct ApiError {
     index: Option<u64>,
     /// `X-Consul-KnownLeader` for errors that carry query metadata.
     known_leader: bool,
+    /// The `Allow` header of a 405.
+    allow: Option<String>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), index: None, known_leader: true }
+        ApiError { status, message: message.into(), index: None, known_leader: true, allow: None }
     }
 
     /// A path no endpoint serves: Consul's mux answers a bare 404, no body, no type.
@@ -578,6 +595,7 @@ impl ApiError {
             message: String::new(),
             index: Some(index),
             known_leader: true,
+            allow: None,
         }
     }
 
@@ -591,11 +609,14 @@ impl ApiError {
 
     fn into_response(self) -> SimResponse {
         // Go's net/http sets no Content-Type on an empty body (a 404 for a missing key).
-        let resp = if self.message.is_empty() {
+        let mut resp = if self.message.is_empty() {
             SimResponse { status: self.status, headers: Vec::new(), body: Bytes::new() }
         } else {
             SimResponse::text(self.status, self.message)
         };
+        if let Some(allow) = self.allow {
+            resp.headers.push(("Allow", allow));
+        }
         match self.index {
             Some(i) => resp.with_index(i, self.known_leader),
             None => resp,
@@ -607,6 +628,16 @@ pub(crate) fn expect(actual: &Method, want: &Method, _path: &str) -> Result<(), 
     if actual == want {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed")))
+        Err(ApiError::method_not_allowed(actual, &format!("OPTIONS,{want}")))
+    }
+}
+
+impl ApiError {
+    /// 405 with Consul's text and its `Allow` header (`OPTIONS,GET`…).
+    pub(crate) fn method_not_allowed(actual: &Method, allow: &str) -> ApiError {
+        let mut e =
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed"));
+        e.allow = Some(allow.to_string());
+        e
     }
 }

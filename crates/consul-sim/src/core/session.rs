@@ -7,10 +7,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{
-    ApiError, Consul, Reply, SimTime, Target, duration_field, expect, field, go_kind, json_body,
-    str_field,
-};
+use super::{ApiError, Consul, Reply, SimTime, Target, expect, field, go_kind, str_field};
 
 const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
@@ -139,13 +136,20 @@ impl Consul {
     }
 
     fn create_session(&mut self, now: SimTime, body: &Bytes) -> Result<String, ApiError> {
-        let req = json_body(body, "session")?;
+        let req: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?
+        };
         if !req.is_null() && !req.is_object() {
-            return Err(ApiError::bad_request(
-                "Request decode failed: session must be a JSON object",
-            ));
+            return Err(ApiError::bad_request(format!(
+                "Request decode failed: json: cannot unmarshal {} into Go value of type struct \
+                 {{ LockDelay interface {{}}; *structs.Alias }}",
+                go_kind(&req)
+            )));
         }
-        let node = str_field(&req, "Node")?
+        let node = go_string(&req, "Node", "string")?
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| self.config.node_name.clone());
         if !self.state.nodes.contains_key(&node) {
@@ -155,7 +159,7 @@ impl Consul {
             ));
         }
         let lock_delay = lock_delay_field(&req)?.unwrap_or(DEFAULT_LOCK_DELAY);
-        let delete = match str_field(&req, "Behavior")?.as_deref() {
+        let delete = match go_string(&req, "Behavior", "structs.SessionBehavior")?.as_deref() {
             None | Some("") | Some("release") => false,
             Some("delete") => true,
             Some(other) => {
@@ -165,16 +169,7 @@ impl Consul {
                 ));
             }
         };
-        let ttl_text = match field(&req, "TTL") {
-            None => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "Request decode failed: json: cannot unmarshal {} into Go struct field .TTL of type string",
-                    go_kind(other)
-                )));
-            }
-        };
+        let ttl_text = go_string(&req, "TTL", "string")?;
         let ttl = match ttl_text.as_deref() {
             None | Some("") => None,
             Some(text) => {
@@ -204,12 +199,17 @@ impl Consul {
                     .iter()
                     .map(|v| {
                         v.as_str().map(str::to_string).ok_or_else(|| {
-                            ApiError::bad_request(format!("{name} must be a list of check ids"))
+                            decode_error(
+                                v,
+                                &format!("Go struct field .{name} of type types.CheckID"),
+                            )
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map(Some),
-                Some(_) => Err(ApiError::bad_request(format!("{name} must be a list"))),
+                Some(other) => {
+                    Err(decode_error(other, &format!("Go struct field .{name} of type []string")))
+                }
             }
         };
         // NodeChecks defaults to serfHealth whatever the deprecated Checks says; Checks is kept
@@ -217,6 +217,7 @@ impl Consul {
         let node_checks = list("NodeChecks")?.unwrap_or_else(|| vec!["serfHealth".to_string()]);
         let checks = list("Checks")?.unwrap_or_default();
         let checks = if checks == ["serfHealth"] { Vec::new() } else { checks };
+        let name = go_string(&req, "Name", "string")?;
         let service_checks: Vec<String> = match field(&req, "ServiceChecks") {
             None => Vec::new(),
             Some(Value::Array(a)) => a
@@ -252,7 +253,7 @@ impl Consul {
             id.clone(),
             SessionState {
                 id: id.clone(),
-                name: str_field(&req, "Name")?.unwrap_or_default(),
+                name: name.unwrap_or_default(),
                 node,
                 lock_delay,
                 delete,
@@ -283,6 +284,7 @@ impl Consul {
         let index = self.bump();
         self.state.session_index = index;
         for key in held {
+            self.touched_key(&key);
             if session.delete {
                 self.state.kv.remove(&key);
                 self.state.tombstones.insert(key.clone(), index);
@@ -349,23 +351,46 @@ pub(crate) fn check_uuid(id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `LockDelay`: a Go duration string, or a number read as seconds below 1000 and as
-/// nanoseconds from 1000 on (Consul's `FixupLockDelay`).
+/// `LockDelay`: a Go duration string, or a number read as whole seconds below 1000 and as
+/// nanoseconds from 1000 on (Consul's `FixupLockDelay`). Negative delays count as none.
 fn lock_delay_field(req: &Value) -> Result<Option<Duration>, ApiError> {
     match field(req, "LockDelay") {
         Some(Value::Number(n)) => {
             let n = n.as_f64().unwrap_or_default();
-            if n < 0.0 {
-                return Ok(Some(Duration::ZERO));
-            }
-            Ok(Some(if n < 1000.0 {
-                Duration::from_secs_f64(n)
+            Ok(Some(if n <= 0.0 {
+                Duration::ZERO
+            } else if n < 1000.0 {
+                Duration::from_secs(n as u64)
             } else {
                 Duration::from_nanos(n as u64)
             }))
         }
-        _ => duration_field(req, "LockDelay"),
+        Some(Value::String(s)) if s.starts_with('-') => Ok(Some(Duration::ZERO)),
+        Some(Value::String(s)) if !s.is_empty() => {
+            consul_api::types::parse_duration(s).map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!("Request decode failed: {}", go_duration_error(s)))
+            })
+        }
+        _ => Ok(None),
     }
+}
+
+/// A string field of the session request, with Go's decode error for any other JSON type.
+fn go_string(req: &Value, name: &str, go_type: &str) -> Result<Option<String>, ApiError> {
+    match field(req, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => {
+            Err(decode_error(other, &format!("Go struct field .{name} of type {go_type}")))
+        }
+    }
+}
+
+fn decode_error(v: &Value, into: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "Request decode failed: json: cannot unmarshal {} into {into}",
+        go_kind(v)
+    ))
 }
 
 /// Go's `time.ParseDuration` error for a string it rejects.

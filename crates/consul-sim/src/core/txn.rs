@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::kv::{KvEntry, Write, entry_json};
+use super::kv::{KvEntry, Write, entry_json, owned};
 use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind};
 
 /// Consul's `txn_max_req_len` default: the largest transaction body.
@@ -35,6 +35,8 @@ pub(crate) struct UndoLog {
     index: Option<u64>,
     saved_index: u64,
     saved_kv_index: u64,
+    /// How many changes were noted before the transaction, to forget its own on rollback.
+    saved_changes: usize,
     touched: HashSet<String>,
     before: Vec<(String, Option<KvEntry>, Option<u64>)>,
 }
@@ -45,7 +47,7 @@ impl Consul {
         if let Some(index) = self.txn.as_ref().and_then(|t| t.index) {
             return index;
         }
-        let index = self.bump();
+        let index = self.bump_kv();
         if let Some(t) = self.txn.as_mut() {
             t.index = Some(index);
         }
@@ -54,6 +56,7 @@ impl Consul {
 
     /// Records `key` as it is now, before a write inside a transaction changes it.
     pub(crate) fn remember(&mut self, key: &str) {
+        self.touched_key(key);
         let Some(t) = self.txn.as_mut() else { return };
         if t.touched.insert(key.to_string()) {
             let entry = self.state.kv.get(key).cloned();
@@ -67,6 +70,7 @@ impl Consul {
             index: None,
             saved_index: self.state.index,
             saved_kv_index: self.state.kv_index,
+            saved_changes: self.changes.keys.len(),
             touched: HashSet::new(),
             before: Vec::new(),
         });
@@ -90,6 +94,9 @@ impl Consul {
         }
         self.state.index = log.saved_index;
         self.state.kv_index = log.saved_kv_index;
+        if !self.changes.all_kv {
+            self.changes.keys.truncate(log.saved_changes);
+        }
     }
 
     pub(crate) fn txn_endpoint(&mut self, now: SimTime, body: &Bytes) -> Result<Reply, ApiError> {
@@ -368,7 +375,7 @@ fn parse_op(op: &Value) -> Result<Option<TxnOp>, String> {
     let value = match get("Value") {
         None => Bytes::new(),
         Some(Value::String(v)) => {
-            STANDARD.decode(v.as_bytes()).map(Bytes::from).map_err(|e| match e {
+            STANDARD.decode(v.as_bytes()).map(owned).map_err(|e| match e {
                 base64::DecodeError::InvalidByte(at, _)
                 | base64::DecodeError::InvalidLastSymbol(at, _) => {
                     format!("illegal base64 data at input byte {at}")
