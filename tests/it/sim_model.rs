@@ -149,7 +149,9 @@ proptest! {
                     let r = call(&mut core, now, &request(Method::PUT, &format!("/v1/kv/{}", enc(KEYS[k])), &[v]));
                     prop_assert_eq!(body_text(&r), "true");
                     let e = m.kv.entry(KEYS[k].to_string()).or_insert((0, 0, None));
+                    // Consul's plain set writes LockIndex 0 and keeps the holder.
                     e.0 = v;
+                    e.1 = 0;
                 }
                 Op::CasCreate(k, v) => {
                     let r = call(&mut core, now, &request(Method::PUT, &format!("/v1/kv/{}?cas=0", enc(KEYS[k])), &[v]));

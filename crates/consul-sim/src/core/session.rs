@@ -139,7 +139,7 @@ impl Consul {
         let req: Value = if body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
-            serde_json::from_slice(body)
+            super::gojson::decode(body)
                 .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?
         };
         if !req.is_null() && !req.is_object() {
