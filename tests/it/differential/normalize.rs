@@ -136,7 +136,13 @@ fn rewrite(v: &mut Value, ranks: &BTreeMap<u64, usize>, uuids: &mut Vec<String>,
                 m.insert(replace_uuids(&k, uuids), val);
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|v| rewrite(v, ranks, uuids, masks)),
+        Value::Array(a) => {
+            a.iter_mut().for_each(|v| rewrite(v, ranks, uuids, masks));
+            // `sort-strings`: lists of strings whose order Consul takes from a Go map.
+            if masks.iter().any(|m| m == "sort:strings") && a.iter().all(Value::is_string) {
+                a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+            }
+        }
         Value::String(s) => *s = mask_texts(&mask_port(&replace_uuids(s, uuids)), masks),
         _ => {}
     }

@@ -21,7 +21,8 @@
 //! background; `wait` collects every background answer, in the order they were sent;
 //! `sleep D` pauses; `mask NAME` hides the value of every JSON field named NAME (it varies
 //! from run to run on Consul too); `mask-text PREFIX` hides the number after PREFIX in any text
-//! (an index inside an error message). `unordered` compares a JSON array's items as a multiset.
+//! (an index inside an error message); `sort-strings` compares lists of strings as sets (Consul
+//! builds some from Go maps, in no fixed order). `unordered` compares a JSON array's items as a multiset.
 
 use std::time::Duration;
 
@@ -116,6 +117,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Vec<Case>, String> {
             Step::Wait
         } else if let Some(d) = line.strip_prefix("sleep ") {
             Step::Sleep(duration(d).ok_or_else(|| format!("{at}: bad duration {d:?}"))?)
+        } else if line == "sort-strings" {
+            case.masks.push("sort:strings".into());
+            continue;
         } else if let Some(prefix) = line.strip_prefix("mask-text ") {
             case.masks.push(format!("text:{}", prefix.trim()));
             continue;
