@@ -28,6 +28,10 @@
 //! # }
 //! ```
 
+// The request path answers bad input with an error, never a panic: no indexing or slicing
+// that can go out of bounds, no unwrap or expect, outside tests.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used))]
+
 pub mod core;
 pub mod persist;
 mod server;

@@ -527,33 +527,30 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 fn read_records(bytes: &[u8], is_last: bool) -> Result<(Vec<Record>, Option<usize>), String> {
     let mut out = Vec::new();
     let mut off = 0;
-    while off < bytes.len() {
-        let rest = &bytes[off..];
-        let whole = rest.len() >= FRAME_HEADER && {
-            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            rest.len() - FRAME_HEADER >= len
-        };
-        let (len, sum_ok) = if whole {
-            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let mut sum = [0u8; 8];
-            sum.copy_from_slice(&rest[4..FRAME_HEADER]);
-            let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
-            (len, xxh3_64(payload) == u64::from_le_bytes(sum))
-        } else {
-            (0, false)
-        };
-        if !sum_ok {
-            // Torn: cut short, the final frame, or zeros a crash left behind.
-            let torn = !whole || FRAME_HEADER + len == rest.len() || rest.iter().all(|b| *b == 0);
-            if torn && is_last {
-                return Ok((out, Some(off)));
+    while let Some(rest) = bytes.get(off..).filter(|r| !r.is_empty()) {
+        // A whole frame: 4 bytes of length, 8 of checksum, then that many bytes of payload.
+        let frame = rest.get(..4).and_then(|l| <[u8; 4]>::try_from(l).ok()).and_then(|l| {
+            let len = u32::from_le_bytes(l) as usize;
+            let sum = rest.get(4..FRAME_HEADER).and_then(|s| <[u8; 8]>::try_from(s).ok())?;
+            let payload = rest.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
+            Some((len, u64::from_le_bytes(sum), payload))
+        });
+        let whole = frame.is_some();
+        let (len, payload) = match frame {
+            Some((len, sum, payload)) if xxh3_64(payload) == sum => (len, payload),
+            _ => {
+                // Torn: cut short, the final frame, or zeros a crash left behind.
+                let last_frame = frame.is_some_and(|(len, _, _)| FRAME_HEADER + len == rest.len());
+                let torn = !whole || last_frame || rest.iter().all(|b| *b == 0);
+                if torn && is_last {
+                    return Ok((out, Some(off)));
+                }
+                let what = if whole { "checksum mismatch" } else { "cut short" };
+                return Err(format!(
+                    "damaged log record at byte {off} ({what}): the file was damaged or edited"
+                ));
             }
-            let what = if whole { "checksum mismatch" } else { "cut short" };
-            return Err(format!(
-                "damaged log record at byte {off} ({what}): the file was damaged or edited"
-            ));
-        }
-        let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
+        };
         let rec: Record = serde_json::from_slice(payload)
             .map_err(|e| format!("unreadable log record at byte {off}: {e}"))?;
         out.push(rec);
@@ -566,14 +563,15 @@ fn read_records(bytes: &[u8], is_last: bool) -> Result<(Vec<Record>, Option<usiz
 fn parse_snapshot(bytes: &[u8]) -> Result<(SnapshotHeader, State), String> {
     let not_ours = || format!("not a {FORMAT} (no header line with a checksum)");
     let nl = bytes.iter().position(|b| *b == b'\n').ok_or_else(not_ours)?;
-    let header: SnapshotHeader = serde_json::from_slice(&bytes[..nl]).map_err(|_| not_ours())?;
+    let head = bytes.get(..nl).unwrap_or_default();
+    let header: SnapshotHeader = serde_json::from_slice(head).map_err(|_| not_ours())?;
     if header.format != FORMAT || header.version != VERSION {
         return Err(format!(
             "unknown snapshot format {:?} version {} (expected {FORMAT:?} {VERSION})",
             header.format, header.version
         ));
     }
-    let body = &bytes[nl + 1..];
+    let body = bytes.get(nl + 1..).unwrap_or_default();
     if body.len() != header.len {
         return Err(format!(
             "the snapshot holds {} bytes, its header says {}: it was cut short or edited",

@@ -273,8 +273,7 @@ fn check(e: Expr, ty: &'static Ty) -> Result<Check, String> {
         Expr::Not(a) => Check::Not(Box::new(check(*a, ty)?)),
         Expr::Match { selector, text, op, value } => {
             let leaf = resolve(ty, &selector).map_err(|n| {
-                let named =
-                    if n >= selector.len() { text.clone() } else { selector[..n].join(".") };
+                let named = selector.get(..n).map_or_else(|| text.clone(), |s| s.join("."));
                 format!("Selector {named:?} is not valid")
             })?;
             let allowed = match leaf {

@@ -153,8 +153,12 @@ impl Consul {
                 expect(m, &Method::DELETE, &path)?;
                 let me = self.raft_server();
                 let (what, value, ours) = match (t.param("id"), t.param("address")) {
-                    (Some(id), _) if !id.is_empty() => ("id", id, me["ID"] == id),
-                    (_, Some(a)) if !a.is_empty() => ("address", a, me["Address"] == a),
+                    (Some(id), _) if !id.is_empty() => {
+                        ("id", id, me.get("ID").is_some_and(|v| v == id))
+                    }
+                    (_, Some(a)) if !a.is_empty() => {
+                        ("address", a, me.get("Address").is_some_and(|v| v == a))
+                    }
                     _ => {
                         return Err(ApiError::bad_request(
                             "Bad request: Must specify either ?id with the server's ID or ?address with IP:port of peer to remove",
@@ -206,9 +210,9 @@ impl Consul {
                     "Healthy": healthy,
                     "FailureTolerance": 0,
                     "Servers": [{
-                        "ID": me["ID"],
+                        "ID": me.get("ID"),
                         "Name": self.config.node_name,
-                        "Address": me["Address"],
+                        "Address": me.get("Address"),
                         "SerfStatus": "alive",
                         "Version": "1.8.7",
                         "Leader": true,

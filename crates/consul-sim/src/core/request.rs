@@ -56,11 +56,10 @@ impl BadTarget {
 /// The first invalid `%` escape in `s`, as written (`%zz`, `%2`, `%`).
 fn bad_escape(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let at = (0..b.len()).find(|&i| {
-        b[i] == b'%'
-            && !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())
-    })?;
-    Some(String::from_utf8_lossy(&b[at..(at + 3).min(b.len())]).into_owned())
+    let hex = |i: usize| b.get(i).is_some_and(u8::is_ascii_hexdigit);
+    let at = (0..b.len()).find(|&i| b.get(i) == Some(&b'%') && !(hex(i + 1) && hex(i + 2)))?;
+    let escape = b.get(at..).unwrap_or_default().iter().take(3).copied().collect::<Vec<u8>>();
+    Some(String::from_utf8_lossy(&escape).into_owned())
 }
 
 /// Where Go's ServeMux redirects a path that is not clean (`//`, `.` or `..` segments): the
