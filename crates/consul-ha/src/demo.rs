@@ -308,7 +308,7 @@ impl Demo {
             .and_then(|x| x.cluster.fencing_token())
             .map_or(0, |t| t.0);
         self.say(format!(
-            "{} took over after {failover:.1}s (TTL 10s + lock-delay 5s bound 16s), fencing token {first_token} → {second_token}",
+            "{} took over after {failover:.1}s (its TTL check went critical at 10s and ended its session, then lock-delay 5s: bound 16s; Consul's 2×TTL session reaping, 20s, is not the path here), fencing token {first_token} → {second_token}",
             self.nodes[second].0
         ));
         if failover > 16.0 {
