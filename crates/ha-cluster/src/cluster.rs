@@ -719,14 +719,15 @@ impl Cluster {
     /// acquired it (so a deposed leader's late write is rejected by Consul itself), and
     /// reads the key back as [`LeaderTxn::holder`].
     pub async fn leader_txn(&self, ops: Vec<KvOp>) -> Result<LeaderTxn, ClusterError> {
-        if ops.len() > MAX_TXN_OPS - 3 {
-            return Err(consul_api::Error::invalid(format!(
-                "a leader transaction holds at most {} operations (3 guard it), got {}",
-                MAX_TXN_OPS - 3,
-                ops.len()
-            ))
-            .into());
-        }
+        self.leader_txn_with(|_| ops).await
+    }
+
+    /// [`leader_txn`](Cluster::leader_txn) with operations built from the fencing token they
+    /// will be committed under, so a written value can carry the token that guards it.
+    pub async fn leader_txn_with(
+        &self,
+        build: impl FnOnce(Index) -> Vec<KvOp>,
+    ) -> Result<LeaderTxn, ClusterError> {
         let term = {
             let inner = self.shared.lock();
             match &inner.term {
@@ -741,6 +742,15 @@ impl Cluster {
                 }
             }
         };
+        let ops = build(term.token);
+        if ops.len() > MAX_TXN_OPS - 3 {
+            return Err(consul_api::Error::invalid(format!(
+                "a leader transaction holds at most {} operations (3 guard it), got {}",
+                MAX_TXN_OPS - 3,
+                ops.len()
+            ))
+            .into());
+        }
         let key = self.shared.config.leader_key();
         let mut all = Vec::with_capacity(ops.len() + 3);
         all.push(KvOp::check_session(key.clone(), term.session.clone()));
