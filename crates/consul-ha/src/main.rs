@@ -10,6 +10,7 @@ macro_rules! outln {
 }
 
 mod demo;
+mod events_log;
 mod ops;
 
 use std::path::PathBuf;
@@ -121,6 +122,10 @@ pub(crate) struct NodeArgs {
     /// Simulated copy time of a new shard copy (this command holds no data itself).
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub(crate) copy_time: Duration,
+    /// Append this node's leadership terms to this file as JSON lines, stamped with the
+    /// host's monotonic clock (for outside checkers).
+    #[arg(long)]
+    pub(crate) events_log: Option<PathBuf>,
 }
 
 /// Options of `status`.

@@ -101,6 +101,10 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
     let cluster =
         Cluster::builder(client.clone(), config).start().await.map_err(|e| e.to_string())?;
     let cluster = Arc::new(cluster);
+    let terms = match &args.events_log {
+        Some(path) => Some(crate::events_log::spawn(path, &cluster)?),
+        None => None,
+    };
     let mut opts = ShardManagerOptions::new(&args.consul.service);
     opts.auto_catch_up = Some(args.copy_time);
     let manager = ShardManager::start(cluster.clone(), client, shards, opts)
@@ -137,8 +141,13 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
     tracing::info!("leaving");
     manager.stop();
     logger.abort();
-    cluster.leave().await.map_err(|e| format!("leaving the cluster: {e}"))?;
-    Ok(())
+    let left = cluster.leave().await.map_err(|e| format!("leaving the cluster: {e}"));
+    if let Some(terms) = terms {
+        // Let the log take the last `lost` line.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        terms.abort();
+    }
+    left
 }
 
 /// What `status` and `route` read from Consul.
