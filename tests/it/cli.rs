@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// Builds the binary once (the test package cannot depend on a binary crate) and returns
 /// its path next to this test binary's target directory.
-fn binary() -> PathBuf {
+pub(crate) fn binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -1,0 +1,173 @@
+//! The scenarios. Each runs on its own Consul cluster and ends with the checker's verdict.
+
+use std::time::Duration;
+
+use super::procs::mono_ns;
+use super::{Harness, Report, Settings};
+
+fn crashes() -> usize {
+    std::env::var("REAL_CLUSTER_CRASHES").ok().and_then(|v| v.parse().ok()).unwrap_or(30)
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// 1. Member crash: SIGKILL of followers (the leader stays) and of the leader, ≥ 30 times
+/// (the crash-failover figure); then, with a short rebalance delay, the time from a member's
+/// death to every shard healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real Consul cluster; run by `cargo xtask real-cluster`"]
+async fn member_crash() {
+    let s = Settings::fast("60s");
+    let mut r = Report::new("member_crash", &s);
+    let (mut h, cold) = Harness::start("member_crash", 4, s.clone()).await;
+    r.cold_start_s.push(cold);
+
+    // Followers: the leader must stay.
+    for round in 0..2 {
+        let (leader, token) = h.leader().await.expect("a leader");
+        let victim = (h.index(&leader) + 1 + round) % h.members.len();
+        h.crash(victim);
+        tokio::time::sleep(s.ttl * 2 + s.lock_delay).await;
+        match h.leader().await {
+            Some((_, t)) if t == token => {}
+            other => r
+                .failures
+                .push(format!("a follower's crash moved leadership: token {token} → {other:?}")),
+        }
+        h.start_member(victim);
+        h.wait_healthy(Duration::from_secs(30)).await;
+    }
+
+    // The leader, again and again.
+    for _ in 0..crashes() {
+        let (leader, token) = h.leader().await.expect("a leader");
+        let i = h.index(&leader);
+        let killed = h.crash(i);
+        let (next, next_token) = h.wait_leader(Some(token), Duration::from_secs(30)).await;
+        r.crash_failover_s.push(h.elected_at(&next, next_token) - secs(killed));
+        h.start_member(i);
+        h.wait_healthy(Duration::from_secs(30)).await;
+    }
+
+    // Shard recovery: re-replication after a short rebalance delay.
+    let mut cfg = s.shards.clone();
+    cfg["version"] = 2.into();
+    cfg["rebalance_delay"] = "1s".into();
+    h.observer().kv().put("prod-config/rc/config", cfg.to_string()).await.expect("config v2");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 0..3 {
+        let (leader, _) = h.leader().await.expect("a leader");
+        let victim = (h.index(&leader) + 1 + round) % h.members.len();
+        let killed = h.crash(victim);
+        let healthy = h.wait_healthy(Duration::from_secs(60)).await;
+        r.shard_recovery_s.push(secs(healthy - killed));
+        h.start_member(victim);
+        h.wait_healthy(Duration::from_secs(60)).await;
+    }
+    r.notes.push("shard recovery with rebalance_delay 1s, copy time 1s".into());
+    r.judge(&h.verdict());
+    h.clean_up();
+    r.finish();
+}
+
+/// 2. Member pause: SIGSTOP longer than TTL + lock-delay, then SIGCONT. The paused leader's
+/// term must end (by its own clock) before anyone else's begins, and nothing it writes
+/// after resuming may commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real Consul cluster; run by `cargo xtask real-cluster`"]
+async fn member_pause() {
+    let s = Settings::fast("60s");
+    let mut r = Report::new("member_pause", &s);
+    let (mut h, cold) = Harness::start("member_pause", 3, s.clone()).await;
+    r.cold_start_s.push(cold);
+    let pause = s.ttl + s.lock_delay + Duration::from_secs(2);
+    for round in 0..3 {
+        let (leader, token) = h.leader().await.expect("a leader");
+        // Rounds 0 and 2 pause the leader, round 1 a follower.
+        let i = if round == 1 { (h.index(&leader) + 1) % 3 } else { h.index(&leader) };
+        let id = h.members[i].id.clone();
+        h.checker.set_alive(&id, false);
+        let paused = h.members[i].proc.signal("STOP");
+        tokio::time::sleep(pause).await;
+        let now = h.leader().await;
+        h.members[i].proc.signal("CONT");
+        h.checker.set_alive(&id, true);
+        if round != 1 {
+            match now {
+                Some((next, t)) if t != token && next != id => {
+                    r.crash_failover_s.push(h.elected_at(&next, t) - secs(paused));
+                }
+                other => r.failures.push(format!(
+                    "no other member took over while {id} was paused {pause:?}: {other:?}"
+                )),
+            }
+            // The paused leader's own report must end its term at or before its lease.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let own = h.terms().into_iter().find(|t| t.member == id && t.token == token);
+            match own {
+                Some(t) if t.end <= paused + (s.ttl).as_nanos() as u64 => {}
+                other => r.failures.push(format!(
+                    "{id}'s term {token} did not end within its lease after the pause: {other:?}"
+                )),
+            }
+        } else if now.as_ref().map(|l| l.1) != Some(token) {
+            r.failures.push(format!("a paused follower moved leadership: {now:?}"));
+        }
+        h.wait_healthy(Duration::from_secs(30)).await;
+    }
+    let rejected: usize =
+        h.members.iter().map(|m| m.proc.log().matches("Consul rejected").count()).sum();
+    r.notes.push(format!("writes Consul rejected from resumed members: {rejected}"));
+    r.notes.push("crash_failover_s here: pause → next leader's term".into());
+    r.judge(&h.verdict());
+    h.clean_up();
+    r.finish();
+}
+
+/// 5. Rolling restart, graceful, one member at a time; then the leader restarted a few more
+/// times for the handover figure. Every shard stays routable and never below `min_live`
+/// running in-sync copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real Consul cluster; run by `cargo xtask real-cluster`"]
+async fn rolling_restart() {
+    let s = Settings::fast("60s");
+    let min_live = s.shards["min_live"].as_u64().unwrap_or(2) as usize;
+    let mut r = Report::new("rolling_restart", &s);
+    let (mut h, cold) = Harness::start("rolling_restart", 4, s.clone()).await;
+    r.cold_start_s.push(cold);
+    let from = mono_ns();
+    let n = h.members.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    // Then the leader, five more times.
+    order.extend([usize::MAX; 5]);
+    for step in order {
+        let (leader, token) = h.leader().await.expect("a leader");
+        let i = if step == usize::MAX { h.index(&leader) } else { step };
+        let was_leader = h.members[i].id == leader;
+        let stopped = h.stop(i);
+        if was_leader {
+            let (next, t) = h.wait_leader(Some(token), Duration::from_secs(10)).await;
+            r.handover_ms.push((h.elected_at(&next, t) - secs(stopped)) * 1e3);
+        }
+        h.start_member(i);
+        h.wait_healthy(Duration::from_secs(30)).await;
+    }
+    let (failed, low) = h.checker.with(|rec| {
+        let window = rec.samples.iter().filter(|x| x.at >= from);
+        window.fold((0, usize::MAX), |(f, l), x| (f + x.failed_routes, l.min(x.min_live_in_sync)))
+    });
+    r.failed_routes = failed;
+    r.min_live_in_sync = Some(low);
+    if failed > 0 {
+        r.failures.push(format!("{failed} shard-samples had no running in-sync primary"));
+    }
+    if low < min_live {
+        r.failures
+            .push(format!("a shard fell to {low} running in-sync copies (min_live {min_live})"));
+    }
+    r.judge(&h.verdict());
+    h.clean_up();
+    r.finish();
+}
