@@ -98,6 +98,11 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
     config.lease_margin = (args.ttl / 10).min(Duration::from_millis(500));
     config.validate().map_err(|e| e.to_string())?;
     let client = connect(&args.consul).await?;
+    let metrics = args.metrics_addr.map(|_| crate::metrics::Metrics::new());
+    let client = match &metrics {
+        Some(m) => client.layered(|t| crate::metrics::Instrumented::new(t, m.clone())),
+        None => client,
+    };
     let cluster =
         Cluster::builder(client.clone(), config).start().await.map_err(|e| e.to_string())?;
     let cluster = Arc::new(cluster);
@@ -110,6 +115,13 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
     let manager = ShardManager::start(cluster.clone(), client, shards, opts)
         .await
         .map_err(|e| e.to_string())?;
+    let manager = Arc::new(manager);
+    let exporter = match (args.metrics_addr, metrics) {
+        (Some(addr), Some(m)) => {
+            crate::metrics::serve(addr, m, cluster.clone(), manager.clone()).await?
+        }
+        _ => Vec::new(),
+    };
     tracing::info!(id = %args.id, service = %args.consul.service, "joined");
     let events = cluster.subscribe();
     let logger = tokio::spawn(async move {
@@ -138,8 +150,13 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
             }
         }
     }
-    tracing::info!("leaving");
-    manager.stop();
+    tracing::info!("leaving: handing over leadership and primaries first");
+    drain(&cluster, &manager, &args.id).await;
+    for task in exporter {
+        task.abort();
+    }
+    // The last handle: dropping it stops the manager's tasks.
+    drop(manager);
     logger.abort();
     let left = cluster.leave().await.map_err(|e| format!("leaving the cluster: {e}"));
     if let Some(terms) = terms {
@@ -148,6 +165,32 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
         terms.abort();
     }
     left
+}
+
+/// A graceful leave: resign (a follower takes leadership at once), then wait, while still
+/// serving, until the leader has moved every primary off this node (at most 10 s), so no
+/// route ever points at a node that is gone.
+async fn drain(cluster: &Cluster, manager: &ShardManager, id: &str) {
+    if let Err(e) = cluster.resign().await {
+        tracing::warn!(error = %e, "resigning failed; leaving anyway");
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = manager.table();
+        let primaries = t.shards.iter().filter(|s| s.primary.as_deref() == Some(id)).count();
+        if primaries == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!(
+                primaries,
+                "the leader did not move every primary off in time; leaving anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What `status` and `route` read from Consul.

@@ -134,11 +134,17 @@ struct Shared {
     wake: watch::Sender<u64>,
     /// Set by [`Cluster::leave`]: no task acquires, creates or registers anything after.
     stopped: std::sync::atomic::AtomicBool,
+    /// Set by [`Cluster::resign`]: the member never acquires again, and its check warns.
+    resigned: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     fn stopped(&self) -> bool {
         self.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn resigned(&self) -> bool {
+        self.resigned.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -216,13 +222,21 @@ impl Shared {
     async fn beat(&self) -> Result<(), consul_api::Error> {
         let check = self.config.check_id();
         let sent = Instant::now();
-        if let Err(e) = self.client.agent().pass_ttl(&check, "heartbeat").await {
+        // A resigned member warns: still alive (its session holds), but off every ring.
+        let update = || async {
+            if self.resigned() {
+                self.client.agent().warn_ttl(&check, "resigned: leaving").await
+            } else {
+                self.client.agent().pass_ttl(&check, "heartbeat").await
+            }
+        };
+        if let Err(e) = update().await {
             if !forgot_check(&e) || self.stopped() {
                 return Err(e);
             }
             tracing::warn!(node = %self.config.node_id, error = %e, "Consul forgot this member; registering again");
             self.register().await?;
-            self.client.agent().pass_ttl(&check, "heartbeat").await?;
+            update().await?;
         }
         self.lock().pass_sent = Some(sent);
 
@@ -405,7 +419,7 @@ async fn election_task(shared: Arc<Shared>) {
                 }
             }
         };
-        let Some(session) = attempt.filter(|_| !shared.stopped()) else {
+        let Some(session) = attempt.filter(|_| !shared.stopped() && !shared.resigned()) else {
             refused = false;
             continue;
         };
@@ -473,6 +487,7 @@ async fn try_acquire(
             if inner.session.as_ref() == Some(session)
                 && shared.lease_valid(&inner, now)
                 && !shared.stopped()
+                && !shared.resigned()
             {
                 take_office(
                     shared,
@@ -610,6 +625,7 @@ impl ClusterBuilder {
             events: broadcast::channel(1024).0,
             wake,
             stopped: std::sync::atomic::AtomicBool::new(false),
+            resigned: std::sync::atomic::AtomicBool::new(false),
         });
         shared.register().await?;
         if let Err(e) = shared.beat().await {
@@ -789,6 +805,29 @@ impl Cluster {
                 Err(ClusterError::Rejected(shifted))
             }
         }
+    }
+
+    /// Steps aside before leaving: hands leadership over at once if held (the key is
+    /// released, so a follower takes it without lock-delay), never stands for election again,
+    /// and from the next heartbeat on its check warns, so every member takes it off the
+    /// ring while it still serves. Call [`stop`](Cluster::stop) or
+    /// [`leave`](Cluster::leave) once its work has moved.
+    pub async fn resign(&self) -> Result<(), ClusterError> {
+        let shared = &self.shared;
+        shared.resigned.store(true, std::sync::atomic::Ordering::SeqCst);
+        let term = {
+            let mut inner = shared.lock();
+            let term = inner.term.clone();
+            shared.step_down(&mut inner, Instant::now(), "resigned");
+            term
+        };
+        if let Some(term) = term {
+            let key = shared.config.leader_key();
+            shared.client.kv().release(&key, Bytes::new(), &term.session, 0).await?;
+        }
+        // Warn now rather than at the next heartbeat.
+        shared.client.agent().warn_ttl(&shared.config.check_id(), "resigned: leaving").await?;
+        Ok(())
     }
 
     /// Leaves gracefully: stops the tasks, releases the leader key if held (a follower
