@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode};
 use serde_json::Value;
 
 mod consul;
+mod real_cluster;
 
 /// Each crate of ours and its layer: a crate may depend only on crates of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
@@ -44,9 +45,10 @@ fn main() -> ExitCode {
         "bench-report" => bench_report(),
         "consul" => consul::run(&root()),
         "conformance" => conformance(),
+        "real-cluster" => real_cluster::run(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|bench-report>"
+                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|real-cluster|bench-report>"
             );
             return ExitCode::from(2);
         }

@@ -49,12 +49,12 @@ pub(crate) struct TableWrite {
 pub(crate) struct Sample {
     /// When ([`mono_ns`]).
     pub(crate) at: u64,
-    /// Shards whose primary is not a running, in-sync copy.
+    /// Shards whose primary is not a serving, in-sync copy.
     pub(crate) failed_routes: usize,
-    /// The fewest running in-sync copies of any shard.
+    /// The fewest serving in-sync copies of any shard.
     pub(crate) min_live_in_sync: usize,
-    /// Whether every shard had `replication_factor` in-sync copies, all on members Consul
-    /// lists as passing, and nothing copying.
+    /// Whether every shard had `replication_factor` in-sync copies, all on running members
+    /// Consul lists as passing, and nothing copying.
     pub(crate) all_healthy: bool,
 }
 
@@ -175,18 +175,22 @@ async fn sample(
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let c = &clients[at % clients.len()];
-        let passing: HashSet<String> = match ha_cluster::read_members(c, SERVICE).await {
-            Ok(m) => m
-                .into_iter()
-                .filter(|m| m.health == ha_cluster::Health::Passing)
-                .map(|m| m.id)
-                .collect(),
-            Err(_) => {
-                at += 1;
-                continue;
-            }
+        let Ok(members) = ha_cluster::read_members(c, SERVICE).await else {
+            at += 1;
+            continue;
         };
+        // Serving: the process runs (and is not paused) and is registered, in any health (a
+        // draining member warns while it still serves; a restarted one serves once it has
+        // registered again).
         let alive = alive.lock().unwrap().clone();
+        let alive: HashSet<String> =
+            members.iter().map(|m| m.id.clone()).filter(|m| alive.contains(m)).collect();
+        // Healthy needs a copy Consul lists as passing on a process that runs.
+        let passing: HashSet<String> = members
+            .into_iter()
+            .filter(|m| m.health == ha_cluster::Health::Passing && alive.contains(&m.id))
+            .map(|m| m.id)
+            .collect();
         let mut r = rec.lock().unwrap();
         let Some(t) = r.tables.iter().max_by_key(|t| t.modify_index).map(|t| t.table.clone())
         else {

@@ -20,6 +20,8 @@ pub(crate) struct Agent {
     pub(crate) name: String,
     /// Its HTTP port on 127.0.0.1.
     pub(crate) http: u16,
+    /// Its server RPC port (what `/v1/status/leader` names for a server).
+    pub(crate) server_port: u16,
     /// The process.
     pub(crate) proc: Proc,
 }
@@ -60,6 +62,7 @@ fn agent(dir: &Path, name: &str, server: bool, join: &[u16], ports: &mut Ports) 
     let data = dir.join(name);
     std::fs::create_dir_all(&data).expect("agent data dir");
     let http = ports.next();
+    let server_port = ports.next();
     let serf_lan =
         if server { join[name[1..].parse::<usize>().expect("s<N>") - 1] } else { ports.next() };
     let config = serde_json::json!({
@@ -73,7 +76,7 @@ fn agent(dir: &Path, name: &str, server: bool, join: &[u16], ports: &mut Ports) 
         "retry_interval": "1s",
         "ports": {
             "http": http, "dns": -1, "grpc": -1, "serf_lan": serf_lan,
-            "serf_wan": ports.next(), "server": ports.next(),
+            "serf_wan": ports.next(), "server": server_port,
         },
         "session_ttl_min": SESSION_TTL_MIN,
         "performance": { "raft_multiplier": 1 },
@@ -93,7 +96,7 @@ fn agent(dir: &Path, name: &str, server: bool, join: &[u16], ports: &mut Ports) 
         args,
         dir.join(format!("{name}.log")),
     );
-    Agent { name: name.into(), http, proc }
+    Agent { name: name.into(), http, server_port, proc }
 }
 
 impl ConsulCluster {
@@ -114,9 +117,19 @@ impl ConsulCluster {
         cluster
     }
 
-    /// Every agent, servers first.
-    pub(crate) fn agents(&mut self) -> impl Iterator<Item = &mut Agent> {
-        self.servers.iter_mut().chain(self.clients.iter_mut())
+    /// The index of the raft leader among the servers, as the first answering server says.
+    pub(crate) async fn raft_leader(&self) -> Option<usize> {
+        for s in &self.servers {
+            if let Ok(addr) = s.client().status().leader().await
+                && !addr.is_empty()
+            {
+                return self
+                    .servers
+                    .iter()
+                    .position(|x| addr.ends_with(&format!(":{}", x.server_port)));
+            }
+        }
+        None
     }
 
     /// A client for the first server that answers (the checker reads through these).
@@ -124,7 +137,7 @@ impl ConsulCluster {
         self.servers.iter().map(|s| format!("http://127.0.0.1:{}", s.http)).collect()
     }
 
-    /// Waits until every running agent knows the leader and sees every node alive.
+    /// Waits until every agent knows the leader and the catalog lists every node.
     pub(crate) async fn wait_ready(&self, limit: Duration) {
         let names: HashSet<String> =
             self.servers.iter().chain(&self.clients).map(|a| a.name.clone()).collect();

@@ -38,6 +38,17 @@ impl Settings {
         (self.ttl / 5).min(Duration::from_secs(1))
     }
 
+    /// The crash failover the design promises, from Consul's rules, in seconds. After the
+    /// leader's last check pass (at most one heartbeat before the crash) its TTL check goes
+    /// critical one TTL later, which invalidates the session bound to it (the session's own
+    /// timer, 2 × TTL, would fire later still); Consul then keeps the leader key free for the
+    /// lock-delay; a follower, woken by its watch when the key is released, was refused
+    /// once and retries after the lock-delay plus at most `retry_min / 8` (25 ms) of jitter.
+    /// So: min(check TTL, 2 × session TTL) + lock-delay + 25 ms.
+    pub(crate) fn failover_bound(&self) -> f64 {
+        self.ttl.min(self.ttl * 2).as_secs_f64() + self.lock_delay.as_secs_f64() + 0.025
+    }
+
     /// See [`heartbeat`](Self::heartbeat).
     pub(crate) fn lease_margin(&self) -> Duration {
         (self.ttl / 10).min(Duration::from_millis(500))

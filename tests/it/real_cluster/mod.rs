@@ -194,6 +194,7 @@ pub(crate) struct Report {
     pub(crate) passed: bool,
     pub(crate) failures: Vec<String>,
     pub(crate) crash_failover_s: Vec<f64>,
+    pub(crate) failover_bound_s: f64,
     pub(crate) handover_ms: Vec<f64>,
     pub(crate) cold_start_s: Vec<f64>,
     pub(crate) shard_recovery_s: Vec<f64>,
@@ -218,6 +219,7 @@ impl Report {
                 "lease_margin_ms": s.lease_margin().as_millis() as u64,
                 "session_ttl_min": consul::SESSION_TTL_MIN, "shards": s.shards,
             }),
+            failover_bound_s: s.failover_bound(),
             ..Report::default()
         }
     }

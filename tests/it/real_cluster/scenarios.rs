@@ -171,3 +171,116 @@ async fn rolling_restart() {
     h.clean_up();
     r.finish();
 }
+
+/// 3. Consul servers: the raft leader SIGKILLed and restarted; a minority (one follower
+/// server) lost and restarted; then quorum lost (two servers down) for longer than the
+/// TTL, and regained. Members keep or hand over leadership safely, and a leader cut off
+/// from quorum stops acting within its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real Consul cluster; run by `cargo xtask real-cluster`"]
+async fn consul_servers() {
+    let s = Settings::fast("60s");
+    let mut r = Report::new("consul_servers", &s);
+    let (mut h, cold) = Harness::start("consul_servers", 3, s.clone()).await;
+    r.cold_start_s.push(cold);
+    let ready = Duration::from_secs(60);
+
+    // The raft leader, then a follower server.
+    for what in ["raft leader", "follower server"] {
+        let leader = h.consul.raft_leader().await.expect("a raft leader");
+        let i = if what == "raft leader" { leader } else { (leader + 1) % 3 };
+        h.consul.servers[i].proc.kill();
+        tokio::time::sleep(s.ttl * 2).await;
+        if h.leader().await.is_none() {
+            // Two servers keep quorum: someone must lead within the failover bound.
+            tokio::time::sleep(s.ttl + s.lock_delay).await;
+            if h.leader().await.is_none() {
+                r.failures.push(format!("no member leads with the {what} down"));
+            }
+        }
+        h.consul.servers[i].proc.start();
+        h.consul.wait_ready(ready).await;
+        h.wait_healthy(ready).await;
+    }
+
+    // Quorum lost: two servers down for TTL + lock-delay + 3 s.
+    let leader = h.consul.raft_leader().await.expect("a raft leader");
+    let down = [leader, (leader + 1) % 3];
+    let before = h.leader().await;
+    let mut lost = 0;
+    for &i in &down {
+        lost = h.consul.servers[i].proc.kill();
+    }
+    tokio::time::sleep(s.ttl + s.lock_delay + Duration::from_secs(3)).await;
+    // Nobody may act as leader once every lease has run out (they cannot be renewed).
+    let acting_at = lost + (s.ttl + s.lock_delay).as_nanos() as u64;
+    let acting: Vec<String> = h
+        .terms()
+        .iter()
+        .filter(|t| t.start <= acting_at && t.end > acting_at)
+        .map(|t| format!("{} (token {})", t.member, t.token))
+        .collect();
+    if !acting.is_empty() {
+        r.failures.push(format!("acting as leader without quorum past the lease: {acting:?}"));
+    }
+    for &i in &down {
+        h.consul.servers[i].proc.start();
+    }
+    h.consul.wait_ready(ready).await;
+    let regained = mono_ns();
+    let (id, token) = h.wait_leader(None, ready).await;
+    // Time from quorum back to a member acting as leader (0 if its term spans the loss).
+    let acting = (h.elected_at(&id, token) - secs(regained)).max(0.0);
+    r.notes.push(format!(
+        "leader before quorum loss {before:?}, after {id} (token {token}); a member acts {acting:.2} s after quorum is back"
+    ));
+    h.wait_healthy(ready).await;
+    r.judge(&h.verdict());
+    h.clean_up();
+    r.finish();
+}
+
+/// 4. A member's local Consul agent SIGKILLed and restarted (the leader's, then a
+/// follower's): the member cannot renew, so it stops acting within its lease; Consul marks
+/// the node failed and invalidates its session; another member takes over; on restart the
+/// member registers again and rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real Consul cluster; run by `cargo xtask real-cluster`"]
+async fn agent_restart() {
+    let s = Settings::fast("60s");
+    let mut r = Report::new("agent_restart", &s);
+    let (mut h, cold) = Harness::start("agent_restart", 3, s.clone()).await;
+    r.cold_start_s.push(cold);
+    let ready = Duration::from_secs(60);
+    for round in 0..2 {
+        let (leader, token) = h.leader().await.expect("a leader");
+        let i = if round == 0 { h.index(&leader) } else { (h.index(&leader) + 1) % 3 };
+        let id = h.members[i].id.clone();
+        let killed = h.consul.clients[i].proc.kill();
+        if round == 0 {
+            let (next, t) = h.wait_leader(Some(token), Duration::from_secs(60)).await;
+            r.notes.push(format!(
+                "leader's agent killed: {next} leads {:.2} s later (serf failure detection + lock-delay)",
+                h.elected_at(&next, t) - secs(killed)
+            ));
+            let own = h.terms().into_iter().find(|t| t.member == id && t.token == token);
+            match own {
+                Some(t) if t.end <= killed + s.ttl.as_nanos() as u64 => {}
+                other => r
+                    .failures
+                    .push(format!("{id} kept acting past its lease without its agent: {other:?}")),
+            }
+        } else {
+            tokio::time::sleep(s.ttl * 3).await;
+            if h.leader().await.map(|l| l.1) != Some(token) {
+                r.failures.push("a follower's agent loss moved leadership".into());
+            }
+        }
+        h.consul.clients[i].proc.start();
+        h.consul.wait_ready(ready).await;
+        h.wait_healthy(ready).await;
+    }
+    r.judge(&h.verdict());
+    h.clean_up();
+    r.finish();
+}
