@@ -11,6 +11,7 @@ macro_rules! outln {
 
 mod demo;
 mod events_log;
+mod metrics;
 mod ops;
 
 use std::path::PathBuf;
@@ -126,6 +127,9 @@ pub(crate) struct NodeArgs {
     /// host's monotonic clock (for outside checkers).
     #[arg(long)]
     pub(crate) events_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://<addr>/metrics` (e.g. `127.0.0.1:9464`).
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Options of `status`.
