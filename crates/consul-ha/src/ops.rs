@@ -241,6 +241,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
                 "id": m.id, "address": m.address, "zone": m.zone, "health": crate::health_name(m.health),
             })).collect::<Vec<_>>(),
             "shards": serde_json::to_value(&health).map_err(|e| e.to_string())?,
+            "copies_in_flight": copies_in_flight(&v.table),
         });
         outln!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
         return Ok(());
@@ -254,16 +255,34 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
     for line in crate::member_table(&v.members, &health) {
         outln!("{line}");
     }
+    let count = |h: Health| v.members.iter().filter(|m| m.health == h).count();
     outln!(
-        "shards: {} total, {} healthy, {} under-replicated, {} unavailable (table v{}, config v{})",
+        "members: {} passing, {} warning, {} critical, {} maintenance",
+        count(Health::Passing),
+        count(Health::Warning),
+        count(Health::Critical),
+        count(Health::Maintenance)
+    );
+    outln!(
+        "shards: {} total, {} healthy, {} under-replicated, {} unavailable (table v{}, config v{}); {} copies in flight",
         health.shards.len(),
         health.healthy,
         health.under_replicated,
         health.unavailable,
         health.table_version,
-        health.config_version
+        health.config_version,
+        copies_in_flight(&v.table)
     );
     Ok(())
+}
+
+/// Shard copies still catching up (the metrics' `copies_in_flight`).
+fn copies_in_flight(t: &RoutingTable) -> usize {
+    t.shards
+        .iter()
+        .flat_map(|s| &s.replicas)
+        .filter(|r| r.state == prod_config::ReplicaState::CatchingUp)
+        .count()
 }
 
 pub(crate) async fn route(args: RouteArgs) -> Result<(), String> {

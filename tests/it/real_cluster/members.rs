@@ -66,6 +66,8 @@ pub(crate) struct Member {
     pub(crate) proc: Proc,
     /// Its events log.
     pub(crate) events: PathBuf,
+    /// Where it serves `/metrics`.
+    pub(crate) metrics: u16,
 }
 
 impl Member {
@@ -74,6 +76,7 @@ impl Member {
         let config = dir.join("shards.json");
         std::fs::write(&config, serde_json::to_vec(&s.shards).expect("json")).expect("config");
         let events = dir.join(format!("{id}.events"));
+        let metrics = free_port();
         let secs = |d: Duration| format!("{}ms", d.as_millis());
         let args = [
             "node",
@@ -95,12 +98,39 @@ impl Member {
             &config.display().to_string(),
             "--events-log",
             &events.display().to_string(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics}"),
         ]
         .map(String::from)
         .to_vec();
         let proc = Proc::new(id, &crate::cli::binary(), args, dir.join(format!("{id}.log")))
             .env("RUST_LOG", "info,consul_api=warn");
-        Member { id: id.into(), proc, events }
+        Member { id: id.into(), proc, events, metrics }
+    }
+
+    /// Scrapes its `/metrics`: (series with labels, value) pairs; empty if it does not answer.
+    pub(crate) fn scrape(&self) -> Vec<(String, f64)> {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics)) else {
+            return Vec::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The value of series `name` (exactly, labels included) in its metrics.
+    pub(crate) fn metric(&self, name: &str) -> Option<f64> {
+        self.scrape().into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     /// Appends a line the process cannot write itself (it was killed): the checker ends its

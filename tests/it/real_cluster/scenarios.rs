@@ -41,12 +41,34 @@ async fn member_crash() {
     }
 
     // The leader, again and again.
-    for _ in 0..crashes() {
+    for round in 0..crashes() {
         let (leader, token) = h.leader().await.expect("a leader");
         let i = h.index(&leader);
+        let changes = |h: &Harness| -> Vec<Option<f64>> {
+            h.members.iter().map(|m| m.metric("consul_ha_leadership_changes_total")).collect()
+        };
+        let before = changes(&h);
         let killed = h.crash(i);
         let (next, next_token) = h.wait_leader(Some(token), Duration::from_secs(30)).await;
         r.crash_failover_s.push(h.elected_at(&next, next_token) - secs(killed));
+        if round == 0 {
+            // The metrics must have moved with the failover (refreshed every 250 ms).
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let after = changes(&h);
+            let n = h.index(&next);
+            let new_leader = &h.members[n];
+            let is_leader = new_leader.metric("consul_ha_is_leader");
+            let fencing = new_leader.metric("consul_ha_fencing_token");
+            let moved = (0..h.members.len())
+                .filter(|&j| j != i)
+                .all(|j| matches!((before[j], after[j]), (Some(b), Some(a)) if a > b));
+            r.notes.push(format!(
+                "metrics over a failover: leadership changes {before:?} → {after:?}; new leader is_leader {is_leader:?}, fencing token {fencing:?} (key's {next_token})"
+            ));
+            if !moved || is_leader != Some(1.0) || fencing != Some(next_token as f64) {
+                r.failures.push("the metrics did not follow the failover".into());
+            }
+        }
         h.start_member(i);
         h.wait_healthy(Duration::from_secs(30)).await;
     }
