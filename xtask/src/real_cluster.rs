@@ -7,8 +7,14 @@ use std::path::Path;
 use serde_json::Value;
 
 /// The scenarios that must have passed; a missing result counts as failed.
-const SCENARIOS: &[&str] =
-    &["member_crash", "member_pause", "consul_servers", "agent_restart", "rolling_restart"];
+const SCENARIOS: &[&str] = &[
+    "member_crash",
+    "member_pause",
+    "consul_servers",
+    "agent_restart",
+    "rolling_restart",
+    "partition",
+];
 
 /// `cargo xtask real-cluster`.
 pub(crate) fn run(root: &Path) -> Result<(), String> {
@@ -71,13 +77,25 @@ pub(crate) fn run(root: &Path) -> Result<(), String> {
     let handover = figures("rolling_restart", "handover_ms");
     for (name, r) in &reports {
         match r {
-            Some(r) => println!(
-                "  {name}: {}; cold start {:?} s; shard recovery {:?} s; failures {}",
-                if r["passed"] == true { "passed" } else { "FAILED" },
-                r["cold_start_s"],
-                r["shard_recovery_s"],
-                r["failures"]
-            ),
+            Some(r) => {
+                let list = |field: &str| -> String {
+                    let v = r[field].as_array().cloned().unwrap_or_default();
+                    let v: Vec<String> =
+                        v.iter().filter_map(Value::as_f64).map(|x| format!("{x:.2}")).collect();
+                    v.join(", ")
+                };
+                println!(
+                    "  {name}: {}; cold-start election [{}] s; shard recovery [{}] s; session reaped after [{}] s; {}",
+                    if r["passed"] == true { "passed" } else { "FAILED" },
+                    list("cold_start_s"),
+                    list("shard_recovery_s"),
+                    list("session_reap_s"),
+                    r["notes"],
+                );
+                for f in r["failures"].as_array().cloned().unwrap_or_default() {
+                    println!("    failure: {}", f.as_str().unwrap_or_default());
+                }
+            }
             None => println!("  {name}: FAILED (no result)"),
         }
     }

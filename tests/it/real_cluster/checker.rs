@@ -38,8 +38,6 @@ pub(crate) struct LeaderKey {
 pub(crate) struct TableWrite {
     /// Its `ModifyIndex` (commit order).
     pub(crate) modify_index: u64,
-    /// When the checker saw it ([`mono_ns`]).
-    pub(crate) seen: u64,
     /// The table.
     pub(crate) table: RoutingTable,
 }
@@ -129,7 +127,6 @@ async fn record_kv(clients: Vec<Client>, rec: Arc<Mutex<Recording>>) {
         match c.kv().list("", &opts).await {
             Ok((pairs, meta)) => {
                 index = consul_api::watch::advance(index, meta.last_index).0;
-                let seen = mono_ns();
                 let mut r = rec.lock().unwrap();
                 for p in pairs {
                     if p.key == LEADER_KEY {
@@ -145,11 +142,9 @@ async fn record_kv(clients: Vec<Client>, rec: Arc<Mutex<Recording>>) {
                         && !r.tables.iter().any(|t| t.modify_index == p.modify_index.0)
                     {
                         match RoutingTable::decode(p.value.as_deref().unwrap_or_default()) {
-                            Ok(table) => r.tables.push(TableWrite {
-                                modify_index: p.modify_index.0,
-                                seen,
-                                table,
-                            }),
+                            Ok(table) => {
+                                r.tables.push(TableWrite { modify_index: p.modify_index.0, table })
+                            }
                             Err(e) => panic!("the routing table in KV does not decode: {e}"),
                         }
                     }
@@ -238,15 +233,6 @@ pub(crate) struct Verdict {
     pub(crate) table_violations: Vec<String>,
     /// Table versions audited.
     pub(crate) table_versions: usize,
-}
-
-impl Verdict {
-    /// Whether every invariant held.
-    pub(crate) fn ok(&self) -> bool {
-        self.stale_token_writes.is_empty()
-            && self.overlapping_leaders.is_empty()
-            && self.table_violations.is_empty()
-    }
 }
 
 /// Judges `rec` and the members' `terms`; overlaps up to `margin` are within the clock-skew

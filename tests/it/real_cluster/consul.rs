@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use consul_api::{Client, QueryOptions};
 
+use super::netns::Netns;
 use super::procs::{Proc, free_port};
 
 /// The shortest session TTL the agents accept.
@@ -24,6 +25,8 @@ pub(crate) struct Agent {
     pub(crate) server_port: u16,
     /// The process.
     pub(crate) proc: Proc,
+    /// Whether it runs in a network namespace (its HTTP API is reachable only from there).
+    pub(crate) isolated: bool,
 }
 
 impl Agent {
@@ -58,7 +61,30 @@ impl Ports {
     }
 }
 
-fn agent(dir: &Path, name: &str, server: bool, join: &[u16], ports: &mut Ports) -> Agent {
+/// Where the cluster's agents live: all on 127.0.0.1, or on a veth's host end with one
+/// client agent inside a network namespace.
+#[derive(Clone, Copy)]
+pub(crate) struct Placement<'a> {
+    /// The namespace and the index of the client agent that runs in it.
+    pub(crate) isolated: Option<(&'a Netns, usize)>,
+}
+
+/// Where one agent binds, where it finds the servers, and the namespace it runs in.
+struct Net<'a> {
+    bind: &'a str,
+    join_ip: &'a str,
+    ns: Option<&'a Netns>,
+}
+
+fn agent(
+    dir: &Path,
+    name: &str,
+    server: bool,
+    join: &[u16],
+    ports: &mut Ports,
+    net: Net<'_>,
+) -> Agent {
+    let Net { bind, join_ip, ns } = net;
     let data = dir.join(name);
     std::fs::create_dir_all(&data).expect("agent data dir");
     let http = ports.next();
@@ -68,11 +94,11 @@ fn agent(dir: &Path, name: &str, server: bool, join: &[u16], ports: &mut Ports) 
     let config = serde_json::json!({
         "node_name": name,
         "data_dir": data,
-        "bind_addr": "127.0.0.1",
+        "bind_addr": bind,
         "client_addr": "127.0.0.1",
         "server": server,
         "bootstrap_expect": if server { 3 } else { 0 },
-        "retry_join": join.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>(),
+        "retry_join": join.iter().map(|p| format!("{join_ip}:{p}")).collect::<Vec<_>>(),
         "retry_interval": "1s",
         "ports": {
             "http": http, "dns": -1, "grpc": -1, "serf_lan": serf_lan,
@@ -90,25 +116,49 @@ fn agent(dir: &Path, name: &str, server: bool, join: &[u16], ports: &mut Ports) 
     let file = dir.join(format!("{name}.json"));
     std::fs::write(&file, serde_json::to_vec_pretty(&config).expect("json")).expect("agent config");
     let args = vec!["agent".into(), "-config-file".into(), file.display().to_string()];
-    let proc = Proc::new(
-        name,
-        &crate::real_consul::binary().unwrap_or_else(|e| panic!("{e}")),
-        args,
-        dir.join(format!("{name}.log")),
-    );
-    Agent { name: name.into(), http, server_port, proc }
+    let consul = crate::real_consul::binary().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.join(format!("{name}.log"));
+    let proc = match ns {
+        Some(ns) => {
+            let mut all: Vec<String> =
+                ["netns", "exec", &ns.name].iter().map(|x| x.to_string()).collect();
+            all.push(consul.display().to_string());
+            all.extend(args);
+            Proc::new(name, Path::new("ip"), all, log)
+        }
+        None => Proc::new(name, &consul, args, log),
+    };
+    Agent { name: name.into(), http, server_port, proc, isolated: ns.is_some() }
 }
 
 impl ConsulCluster {
     /// Starts three servers and `clients` client agents (`c1`…) under `dir`, and waits until
     /// every agent sees the raft leader and the catalog lists every node.
-    pub(crate) async fn start(dir: &Path, clients: usize) -> ConsulCluster {
+    pub(crate) async fn start(dir: &Path, clients: usize, at: Placement<'_>) -> ConsulCluster {
         let mut ports = Ports(HashSet::new());
         let serf: Vec<u16> = (0..3).map(|_| ports.next()).collect();
-        let mut servers: Vec<Agent> =
-            (1..=3).map(|i| agent(dir, &format!("s{i}"), true, &serf, &mut ports)).collect();
-        let mut clients: Vec<Agent> =
-            (1..=clients).map(|i| agent(dir, &format!("c{i}"), false, &serf, &mut ports)).collect();
+        let host = at.isolated.map_or("127.0.0.1".to_string(), |(ns, _)| ns.host_ip.clone());
+        let mut servers: Vec<Agent> = (1..=3)
+            .map(|i| {
+                let net = Net { bind: &host, join_ip: &host, ns: None };
+                agent(dir, &format!("s{i}"), true, &serf, &mut ports, net)
+            })
+            .collect();
+        let mut clients: Vec<Agent> = (1..=clients)
+            .map(|i| {
+                let name = format!("c{i}");
+                match at.isolated {
+                    Some((ns, k)) if k == i - 1 => {
+                        let net = Net { bind: &ns.inner_ip, join_ip: &host, ns: Some(ns) };
+                        agent(dir, &name, false, &serf, &mut ports, net)
+                    }
+                    _ => {
+                        let net = Net { bind: &host, join_ip: &host, ns: None };
+                        agent(dir, &name, false, &serf, &mut ports, net)
+                    }
+                }
+            })
+            .collect();
         for a in servers.iter_mut().chain(clients.iter_mut()) {
             a.proc.start();
         }
@@ -142,7 +192,7 @@ impl ConsulCluster {
         let names: HashSet<String> =
             self.servers.iter().chain(&self.clients).map(|a| a.name.clone()).collect();
         let deadline = Instant::now() + limit;
-        for a in self.servers.iter().chain(&self.clients) {
+        for a in self.servers.iter().chain(&self.clients).filter(|a| !a.isolated) {
             let client = a.client();
             loop {
                 let leader = client.status().leader().await.unwrap_or_default();

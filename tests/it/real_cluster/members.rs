@@ -72,7 +72,13 @@ pub(crate) struct Member {
 
 impl Member {
     /// A member `id` talking to the agent at `http_port`; not started.
-    pub(crate) fn new(dir: &Path, id: &str, http_port: u16, s: &Settings) -> Member {
+    pub(crate) fn new(
+        dir: &Path,
+        id: &str,
+        http_port: u16,
+        s: &Settings,
+        ns: Option<&str>,
+    ) -> Member {
         let config = dir.join("shards.json");
         std::fs::write(&config, serde_json::to_vec(&s.shards).expect("json")).expect("config");
         let events = dir.join(format!("{id}.events"));
@@ -103,8 +109,18 @@ impl Member {
         ]
         .map(String::from)
         .to_vec();
-        let proc = Proc::new(id, &crate::cli::binary(), args, dir.join(format!("{id}.log")))
-            .env("RUST_LOG", "info,consul_api=warn");
+        let log = dir.join(format!("{id}.log"));
+        let bin = crate::cli::binary();
+        let proc = match ns {
+            Some(ns) => {
+                let mut all: Vec<String> = vec!["netns".into(), "exec".into(), ns.into()];
+                all.push(bin.display().to_string());
+                all.extend(args);
+                Proc::new(id, Path::new("ip"), all, log)
+            }
+            None => Proc::new(id, &bin, args, log),
+        }
+        .env("RUST_LOG", "info,consul_api=warn");
         Member { id: id.into(), proc, events, metrics }
     }
 

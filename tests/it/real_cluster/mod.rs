@@ -9,6 +9,7 @@
 mod checker;
 mod consul;
 mod members;
+mod netns;
 mod procs;
 mod scenarios;
 mod sim;
@@ -32,28 +33,54 @@ pub(crate) struct Harness {
     pub(crate) checker: Checker,
     pub(crate) settings: Settings,
     observers: Vec<Client>,
-    // Dropped last: the members leave before their agents stop.
+    // Dropped after the members: they leave before their agents stop.
     pub(crate) consul: ConsulCluster,
+    /// Dropped last, once nothing runs inside it.
+    pub(crate) netns: Option<netns::Netns>,
 }
 
 impl Harness {
     /// Starts Consul and `n` members; returns once a leader is elected and every shard is
     /// healthy, with the cold-start election time (members spawned → first term) in seconds.
     pub(crate) async fn start(name: &str, n: usize, settings: Settings) -> (Harness, f64) {
+        Harness::start_in(name, n, settings, None).await
+    }
+
+    /// [`start`](Harness::start) with member `isolated.1` and its agent inside network
+    /// namespace `isolated.0`, every other agent on the namespace's host end.
+    pub(crate) async fn start_in(
+        name: &str,
+        n: usize,
+        settings: Settings,
+        isolated: Option<(netns::Netns, usize)>,
+    ) -> (Harness, f64) {
         let dir = consul::scenario_dir(name);
-        let consul = ConsulCluster::start(&dir, n).await;
+        let at = consul::Placement { isolated: isolated.as_ref().map(|(ns, i)| (ns, *i)) };
+        let consul = ConsulCluster::start(&dir, n, at).await;
         let rf = settings.shards["replication_factor"].as_u64().unwrap_or(3) as usize;
         let checker = Checker::start(consul.server_addrs(), rf);
         let members: Vec<Member> = (0..n)
-            .map(|i| Member::new(&dir, &format!("m{}", i + 1), consul.clients[i].http, &settings))
+            .map(|i| {
+                let ns = isolated.as_ref().filter(|(_, k)| *k == i).map(|(ns, _)| ns.name.as_str());
+                Member::new(&dir, &format!("m{}", i + 1), consul.clients[i].http, &settings, ns)
+            })
             .collect();
         let observers = consul
             .server_addrs()
             .into_iter()
             .map(|a| Client::builder().address(a).build().expect("client"))
             .collect();
-        let mut h =
-            Harness { name: name.into(), dir, members, checker, settings, observers, consul };
+        let netns = isolated.map(|(ns, _)| ns);
+        let mut h = Harness {
+            name: name.into(),
+            dir,
+            members,
+            checker,
+            settings,
+            observers,
+            consul,
+            netns,
+        };
         let t0 = mono_ns();
         for i in 0..n {
             h.start_member(i);
@@ -198,6 +225,7 @@ pub(crate) struct Report {
     pub(crate) handover_ms: Vec<f64>,
     pub(crate) cold_start_s: Vec<f64>,
     pub(crate) shard_recovery_s: Vec<f64>,
+    pub(crate) session_reap_s: Vec<f64>,
     pub(crate) stale_token_writes: usize,
     pub(crate) overlapping_leaders: usize,
     pub(crate) max_overlap_ms: f64,

@@ -65,14 +65,6 @@ impl Proc {
         self.paused = false;
     }
 
-    /// Whether it is running (and was not seen to exit).
-    pub(crate) fn running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
     /// Its process id while it runs.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

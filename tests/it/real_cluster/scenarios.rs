@@ -13,6 +13,38 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// How long real Consul takes to reap `n` sessions of TTL `ttl` that are never renewed
+/// (bound to the node's serfHealth only), from the creation's answer to the first read that
+/// no longer finds them. Consul promises between 1× and 2× the TTL.
+async fn session_reaps(h: &Harness, ttl: Duration, n: usize) -> Vec<f64> {
+    let c = h.observer().clone();
+    let reaps = (0..n).map(|i| {
+        let c = c.clone();
+        async move {
+            // Spread the creations over a second, so they do not share one timer tick.
+            tokio::time::sleep(Duration::from_millis(250 * i as u64)).await;
+            let req = consul_api::session::SessionRequest {
+                name: format!("reap-{i}"),
+                ttl: Some(ttl),
+                ..Default::default()
+            };
+            let id = c.session().create(&req).await.expect("session create");
+            let created = mono_ns();
+            let q = consul_api::QueryOptions::default();
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if matches!(c.session().info(&id, &q).await, Ok((None, _))) {
+                    return secs(mono_ns() - created);
+                }
+                assert!(secs(mono_ns() - created) < 60.0, "session {id:?} never reaped");
+            }
+        }
+    });
+    let mut out = futures_util::future::join_all(reaps).await;
+    out.sort_by(f64::total_cmp);
+    out
+}
+
 /// 1. Member crash: SIGKILL of followers (the leader stays) and of the leader, ≥ 30 times
 /// (the crash-failover figure); then, with a short rebalance delay, the time from a member's
 /// death to every shard healthy again.
@@ -23,6 +55,7 @@ async fn member_crash() {
     let mut r = Report::new("member_crash", &s);
     let (mut h, cold) = Harness::start("member_crash", 4, s.clone()).await;
     r.cold_start_s.push(cold);
+    r.session_reap_s = session_reaps(&h, s.ttl, 4).await;
 
     // Followers: the leader must stay.
     for round in 0..2 {
@@ -302,6 +335,78 @@ async fn agent_restart() {
         h.consul.wait_ready(ready).await;
         h.wait_healthy(ready).await;
     }
+    r.judge(&h.verdict());
+    h.clean_up();
+    r.finish();
+}
+
+/// 6. A member partitioned from the servers: it and its agent run in a network namespace
+/// joined by a veth pair, whose inner end goes down for 8 s and comes back. As the leader,
+/// it must stop acting within its lease while the others take over once Consul declares its
+/// node failed; as a follower, leadership stays put. Healed, it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real Consul cluster in a network namespace (root); run by `cargo xtask real-cluster`"]
+async fn partition() {
+    let s = Settings::fast("60s");
+    let mut r = Report::new("partition", &s);
+    let ns = match super::netns::Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => panic!("cannot create a network namespace (this scenario needs root): {e}"),
+    };
+    let (mut h, cold) = Harness::start_in("partition", 3, s.clone(), Some((ns, 0))).await;
+    r.cold_start_s.push(cold);
+    let isolated = h.members[0].id.clone();
+    let mut roles = Vec::new();
+    for round in 0..2 {
+        // The first round wants the isolated member leading: the others leave gracefully
+        // (it is then the only candidate) and come back. After that round's failover it
+        // follows, which is what the second round wants.
+        if round == 0 && h.leader().await.is_none_or(|(l, _)| l != isolated) {
+            for i in 1..h.members.len() {
+                h.stop(i);
+            }
+            let (leader, _) = h.wait_leader(None, Duration::from_secs(10)).await;
+            assert_eq!(leader, isolated, "the only member left must lead");
+            for i in 1..h.members.len() {
+                h.start_member(i);
+            }
+            h.wait_healthy(Duration::from_secs(60)).await;
+        }
+        let (leader, token) = h.leader().await.expect("a leader");
+        let was_leader = leader == isolated;
+        roles.push(if was_leader { "leader" } else { "follower" });
+        h.checker.set_alive(&isolated, false);
+        let cut = mono_ns();
+        h.netns.as_ref().expect("netns").set_connected(false).expect("partition");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let during = h.leader().await;
+        h.netns.as_ref().expect("netns").set_connected(true).expect("heal");
+        h.checker.set_alive(&isolated, true);
+        if was_leader {
+            match during {
+                Some((next, t)) if t != token && next != isolated => {
+                    r.notes.push(format!(
+                        "partitioned leader: {next} leads {:.2} s after the cut (serf failure detection + lock-delay)",
+                        h.elected_at(&next, t) - secs(cut)
+                    ));
+                }
+                other => r.failures.push(format!(
+                    "nobody took over from the partitioned leader {isolated}: {other:?}"
+                )),
+            }
+            let own = h.terms().into_iter().find(|t| t.member == isolated && t.token == token);
+            match own {
+                Some(t) if t.end <= cut + s.ttl.as_nanos() as u64 => {}
+                other => r
+                    .failures
+                    .push(format!("the partitioned leader kept acting past its lease: {other:?}")),
+            }
+        } else if during.as_ref().map(|l| l.1) != Some(token) {
+            r.failures.push(format!("a partitioned follower moved leadership: {during:?}"));
+        }
+        h.wait_healthy(Duration::from_secs(60)).await;
+    }
+    r.notes.push(format!("partitioned as: {roles:?}"));
     r.judge(&h.verdict());
     h.clean_up();
     r.finish();
