@@ -7,23 +7,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Builds the binary once (the test package cannot depend on a binary crate) and returns
-/// the path of a link to it next to this test binary's target directory.
-///
-/// Worktrees may share one target dir: `target/debug/consul-ha` is whichever worktree
-/// linked last, and cargo does not copy a binary out again when it is up to date. So the
-/// build is forced to link (touching `main.rs`) and the result is hard-linked under a name
-/// carrying this test binary's hash (unique per worktree), which later builds cannot
-/// replace.
+/// its path next to this test binary's target directory.
 pub(crate) fn binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let main_rs = root.join("crates/consul-ha/src/main.rs");
-        std::fs::File::options()
-            .append(true)
-            .open(&main_rs)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-            .expect("touch consul-ha's main.rs");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "consul-ha", "--bin", "consul-ha"])
@@ -31,19 +19,12 @@ pub(crate) fn binary() -> PathBuf {
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building consul-ha failed");
-        // target/debug/deps/it-<hash> → target/debug/consul-ha
+        // target/debug/deps/it-… → target/debug/consul-ha
         let exe = std::env::current_exe().expect("test binary path");
         let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
         let bin = dir.join(format!("consul-ha{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.exists(), "{} was not built", bin.display());
-        let stem = exe.file_stem().and_then(|s| s.to_str()).unwrap_or("it");
-        let hash = stem.rsplit('-').next().unwrap_or(stem);
-        let ours = dir.join(format!("consul-ha-it-{hash}{}", std::env::consts::EXE_SUFFIX));
-        let _ = std::fs::remove_file(&ours);
-        std::fs::hard_link(&bin, &ours)
-            .or_else(|_| std::fs::copy(&bin, &ours).map(drop))
-            .expect("link the binary");
-        ours
+        bin
     })
     .clone()
 }

@@ -8,6 +8,7 @@ mod cluster_sim;
 mod conformance;
 mod differential;
 mod locks;
+mod real_cluster;
 mod real_consul;
 mod rs_consul;
 mod shards;

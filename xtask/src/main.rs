@@ -20,6 +20,7 @@ use serde_json::Value;
 mod compat;
 mod consul;
 mod loadtest;
+mod real_cluster;
 
 /// Each crate of ours and its layer: a crate may depend only on crates of a lower layer.
 const LAYERS: &[(&str, u8)] = &[
@@ -50,9 +51,10 @@ fn main() -> ExitCode {
         "conformance" => conformance(),
         "compat" => compat::run(),
         "loadtest" => loadtest::run(&root()),
+        "real-cluster" => real_cluster::run(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|compat|loadtest|bench-report>"
+                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|compat|real-cluster|loadtest|bench-report>"
             );
             return ExitCode::from(2);
         }

@@ -30,6 +30,12 @@ impl Client {
         Client { transport: Arc::new(transport), datacenter: None }
     }
 
+    /// This client with its transport wrapped in `layer` (metrics, tracing, fault
+    /// injection): every request of the new client goes through the layer first.
+    pub fn layered<T: Transport>(&self, layer: impl FnOnce(Arc<dyn Transport>) -> T) -> Client {
+        Client { transport: Arc::new(layer(self.transport.clone())), ..self.clone() }
+    }
+
     /// A client configured from the environment, as Consul's own tools are:
     /// `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`; `host:port`, `http://` or `https://`),
     /// `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`, `CONSUL_TLS_SERVER_NAME`.

@@ -3,14 +3,13 @@
 //! killed, a node lost and its shards re-replicated, the node back, all green. Invariants are
 //! checked throughout; any broken one makes the command exit non-zero.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use consul_api::{Index, QueryOptions};
 use consul_sim::{Sim, SimConfig};
 use ha_cluster::{Cluster, ClusterConfig, Health};
-use prod_config::{RoutingTable, ShardConfig, ShardManager, ShardManagerOptions};
+use prod_config::{RoutingTable, ShardConfig, ShardManager, ShardManagerOptions, TableAuditor};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -46,40 +45,6 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("invariants broken: {}", summary["violations"])) }
 }
 
-/// What the table watcher checked on every version it saw.
-#[derive(Default)]
-struct Audit {
-    primaries: HashMap<(usize, u64), String>,
-    last_version: u64,
-    versions: usize,
-    violations: Vec<String>,
-}
-
-impl Audit {
-    fn observe(&mut self, t: &RoutingTable) {
-        if t.version < self.last_version {
-            self.violations.push(format!(
-                "table version went back from {} to {}",
-                self.last_version, t.version
-            ));
-        }
-        self.last_version = t.version;
-        self.versions += 1;
-        for (i, s) in t.shards.iter().enumerate() {
-            if s.in_sync().next().is_none() {
-                self.violations.push(format!("v{}: shard {i} has no in-sync copy", t.version));
-            }
-            if let Some(p) = &s.primary {
-                let first = self.primaries.entry((i, s.epoch)).or_insert_with(|| p.clone());
-                if first != p {
-                    self.violations
-                        .push(format!("shard {i} epoch {} had primaries {first} and {p}", s.epoch));
-                }
-            }
-        }
-    }
-}
-
 struct Node {
     cluster: Arc<Cluster>,
     manager: ShardManager,
@@ -91,7 +56,7 @@ struct Demo {
     start: Instant,
     nodes: Vec<(String, Option<Node>)>,
     shard_config: ShardConfig,
-    audit: Arc<Mutex<Audit>>,
+    audit: Arc<Mutex<TableAuditor>>,
     violations: Vec<String>,
 }
 
@@ -366,7 +331,7 @@ impl Demo {
         let health = self.live().next().map(|x| x.manager.health());
         auditor.abort();
         let audit = self.audit.lock().unwrap_or_else(|e| e.into_inner());
-        self.violations.extend(audit.violations.iter().cloned());
+        self.violations.extend(audit.violations().iter().cloned());
         let ok = self.violations.is_empty();
         let final_health = health.as_ref().map(|h| {
             json!({"healthy": h.healthy, "under_replicated": h.under_replicated, "unavailable": h.unavailable, "table_version": h.table_version})
@@ -374,7 +339,7 @@ impl Demo {
         if ok {
             self.say(format!(
                 "all green: {} table versions audited, one primary per shard per epoch, never without an in-sync copy",
-                audit.versions
+                audit.versions()
             ));
         } else {
             self.say(format!("INVARIANTS BROKEN: {:?}", self.violations));
@@ -394,7 +359,7 @@ impl Demo {
             "rejoined_secs": rejoined,
             "routes": routes,
             "final": final_health,
-            "table_versions_audited": audit.versions,
+            "table_versions_audited": audit.versions(),
             "violations": self.violations,
             "ok": ok,
             "virtual_secs": self.start.elapsed().as_secs_f64(),

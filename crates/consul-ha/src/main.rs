@@ -10,6 +10,8 @@ macro_rules! outln {
 }
 
 mod demo;
+mod events_log;
+mod metrics;
 mod ops;
 
 use std::path::PathBuf;
@@ -140,6 +142,13 @@ pub(crate) struct NodeArgs {
     /// Simulated copy time of a new shard copy (this command holds no data itself).
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub(crate) copy_time: Duration,
+    /// Append this node's leadership terms to this file as JSON lines, stamped with the
+    /// host's monotonic clock (for outside checkers).
+    #[arg(long)]
+    pub(crate) events_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://<addr>/metrics` (e.g. `127.0.0.1:9464`).
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Options of `status`.

@@ -125,14 +125,30 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
     config.lease_margin = (args.ttl / 10).min(Duration::from_millis(500));
     config.validate().map_err(|e| e.to_string())?;
     let client = connect(&args.consul).await?;
+    let metrics = args.metrics_addr.map(|_| crate::metrics::Metrics::new());
+    let client = match &metrics {
+        Some(m) => client.layered(|t| crate::metrics::Instrumented::new(t, m.clone())),
+        None => client,
+    };
     let cluster =
         Cluster::builder(client.clone(), config).start().await.map_err(|e| e.to_string())?;
     let cluster = Arc::new(cluster);
+    let terms = match &args.events_log {
+        Some(path) => Some(crate::events_log::spawn(path, &cluster)?),
+        None => None,
+    };
     let mut opts = ShardManagerOptions::new(&args.consul.service);
     opts.auto_catch_up = Some(args.copy_time);
     let manager = ShardManager::start(cluster.clone(), client, shards, opts)
         .await
         .map_err(|e| e.to_string())?;
+    let manager = Arc::new(manager);
+    let exporter = match (args.metrics_addr, metrics) {
+        (Some(addr), Some(m)) => {
+            crate::metrics::serve(addr, m, cluster.clone(), manager.clone()).await?
+        }
+        _ => Vec::new(),
+    };
     tracing::info!(id = %args.id, service = %args.consul.service, "joined");
     let events = cluster.subscribe();
     let logger = tokio::spawn(async move {
@@ -161,11 +177,47 @@ pub(crate) async fn node(args: NodeArgs) -> Result<(), String> {
             }
         }
     }
-    tracing::info!("leaving");
-    manager.stop();
+    tracing::info!("leaving: handing over leadership and primaries first");
+    drain(&cluster, &manager, &args.id).await;
+    for task in exporter {
+        task.abort();
+    }
+    // The last handle: dropping it stops the manager's tasks.
+    drop(manager);
     logger.abort();
-    cluster.leave().await.map_err(|e| format!("leaving the cluster: {e}"))?;
-    Ok(())
+    let left = cluster.leave().await.map_err(|e| format!("leaving the cluster: {e}"));
+    if let Some(terms) = terms {
+        // Let the log take the last `lost` line.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        terms.abort();
+    }
+    left
+}
+
+/// A graceful leave: resign (a follower takes leadership at once), then wait, while still
+/// serving, until the leader has moved every primary off this node (at most 10 s), so no
+/// route ever points at a node that is gone.
+async fn drain(cluster: &Cluster, manager: &ShardManager, id: &str) {
+    if let Err(e) = cluster.resign().await {
+        tracing::warn!(error = %e, "resigning failed; leaving anyway");
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = manager.table();
+        let primaries = t.shards.iter().filter(|s| s.primary.as_deref() == Some(id)).count();
+        if primaries == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!(
+                primaries,
+                "the leader did not move every primary off in time; leaving anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What `status` and `route` read from Consul.
@@ -216,6 +268,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
                 "id": m.id, "address": m.address, "zone": m.zone, "health": crate::health_name(m.health),
             })).collect::<Vec<_>>(),
             "shards": serde_json::to_value(&health).map_err(|e| e.to_string())?,
+            "copies_in_flight": copies_in_flight(&v.table),
         });
         outln!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
         return Ok(());
@@ -229,16 +282,34 @@ pub(crate) async fn status(args: StatusArgs) -> Result<(), String> {
     for line in crate::member_table(&v.members, &health) {
         outln!("{line}");
     }
+    let count = |h: Health| v.members.iter().filter(|m| m.health == h).count();
     outln!(
-        "shards: {} total, {} healthy, {} under-replicated, {} unavailable (table v{}, config v{})",
+        "members: {} passing, {} warning, {} critical, {} maintenance",
+        count(Health::Passing),
+        count(Health::Warning),
+        count(Health::Critical),
+        count(Health::Maintenance)
+    );
+    outln!(
+        "shards: {} total, {} healthy, {} under-replicated, {} unavailable (table v{}, config v{}); {} copies in flight",
         health.shards.len(),
         health.healthy,
         health.under_replicated,
         health.unavailable,
         health.table_version,
-        health.config_version
+        health.config_version,
+        copies_in_flight(&v.table)
     );
     Ok(())
+}
+
+/// Shard copies still catching up (the metrics' `copies_in_flight`).
+fn copies_in_flight(t: &RoutingTable) -> usize {
+    t.shards
+        .iter()
+        .flat_map(|s| &s.replicas)
+        .filter(|r| r.state == prod_config::ReplicaState::CatchingUp)
+        .count()
 }
 
 pub(crate) async fn route(args: RouteArgs) -> Result<(), String> {

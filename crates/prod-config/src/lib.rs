@@ -38,12 +38,14 @@
 //! In a service, [`ShardManager::start`] runs all of this on a live cluster (see
 //! `examples/production.rs`).
 
+mod audit;
 mod config;
 mod error;
 mod manager;
 pub mod plan;
 mod table;
 
+pub use audit::TableAuditor;
 pub use config::ShardConfig;
 pub use error::ShardError;
 pub use manager::{

@@ -321,8 +321,13 @@ impl Shared {
             self.offer_table(table);
             return Ok(false);
         };
-        let op = KvOp::cas(self.opts.table_key(), Bytes::from(next.encode()), index);
-        match self.cluster.leader_txn(vec![op]).await {
+        let mut next = next;
+        let key = self.opts.table_key();
+        let written = self.cluster.leader_txn_with(|token| {
+            next.token = token.0;
+            vec![KvOp::cas(key, Bytes::from(next.encode()), index)]
+        });
+        match written.await {
             Ok(_) => {
                 tracing::info!(version = next.version, "routing table step applied");
                 self.offer_table(next);

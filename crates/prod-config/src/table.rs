@@ -55,6 +55,9 @@ pub struct RoutingTable {
     pub version: u64,
     /// The config version the table was planned under.
     pub config_version: u64,
+    /// The fencing token of the leader that wrote this version (0 before the first write):
+    /// an outside checker can tell from Consul's KV alone which term committed each step.
+    pub token: u64,
     /// The shards, by number.
     pub shards: Vec<Shard>,
 }
@@ -97,6 +100,8 @@ type WireReplica = (u32, u8, u64);
 struct Wire {
     v: u64,
     cv: u64,
+    #[serde(default)]
+    t: u64,
     nodes: Vec<String>,
     shards: Vec<WireShard>,
 }
@@ -141,7 +146,13 @@ impl RoutingTable {
                 (s.epoch, primary, replicas)
             })
             .collect();
-        let wire = Wire { v: self.version, cv: self.config_version, nodes: nodes.clone(), shards };
+        let wire = Wire {
+            v: self.version,
+            cv: self.config_version,
+            t: self.token,
+            nodes: nodes.clone(),
+            shards,
+        };
         serde_json::to_vec(&wire).expect("a table serializes")
     }
 
@@ -167,7 +178,7 @@ impl RoutingTable {
                 .collect::<Result<_, ShardError>>()?;
             shards.push(Shard { epoch: *epoch, primary, replicas });
         }
-        Ok(RoutingTable { version: wire.v, config_version: wire.cv, shards })
+        Ok(RoutingTable { version: wire.v, config_version: wire.cv, token: wire.t, shards })
     }
 }
 
@@ -191,7 +202,7 @@ mod tests {
                     .collect(),
             })
             .collect();
-        let t = RoutingTable { version: 9, config_version: 2, shards };
+        let t = RoutingTable { version: 9, config_version: 2, token: 4, shards };
         let bytes = t.encode();
         assert!(bytes.len() < 512 * 1024, "{} bytes", bytes.len());
         assert_eq!(RoutingTable::decode(&bytes).unwrap(), t);
