@@ -50,7 +50,9 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// Defaults for member `node_id` of `service` at `node_address`: heartbeat 1 s, session
-    /// TTL 10 s, lock-delay 5 s (crash failover ≤ 16 s at TTL grace 1).
+    /// TTL 10 s, lock-delay 5 s: crash failover ≤ 15 s on real Consul (the TTL check goes
+    /// critical one TTL after the last pass and takes the session with it, well before
+    /// Consul's 2 × TTL session timer; then the lock-delay).
     pub fn new(
         service: impl Into<String>,
         node_id: impl Into<String>,
