@@ -265,3 +265,54 @@ async fn three_members_over_http_elect_and_fail_over_in_real_time() {
     assert!(stopped.elapsed() < Duration::from_secs(1), "handover took {:?}", stopped.elapsed());
     server.shutdown().await;
 }
+
+/// What `Cluster::resign` relies on, on the sim and on real Consul alike: a service check
+/// set to warning keeps the session bound to it (only critical invalidates), and the
+/// member is no longer listed as passing.
+#[tokio::test]
+async fn a_warning_check_keeps_its_session_and_takes_the_member_off_passing() {
+    use consul_api::agent::{CheckDefinition, ServiceRegistration};
+    use consul_api::catalog::HealthFilter;
+    use consul_api::session::{ServiceCheckRef, SessionRequest};
+
+    for b in crate::support::backends().await {
+        let c = &b.client;
+        let name = crate::support::unique("warn").replace('/', "-");
+        let mut reg = ServiceRegistration::new(name.clone(), name.clone());
+        let mut check = CheckDefinition::ttl(Duration::from_secs(30));
+        check.check_id = format!("{name}:ttl");
+        reg.checks = vec![check];
+        c.agent().register_service(&reg).await.unwrap();
+        c.agent().pass_ttl(&format!("{name}:ttl"), "ok").await.unwrap();
+        let req = SessionRequest {
+            service_checks: vec![ServiceCheckRef {
+                id: format!("{name}:ttl"),
+                namespace: String::new(),
+            }],
+            ..Default::default()
+        };
+        let id = c.session().create(&req).await.unwrap();
+        c.agent().warn_ttl(&format!("{name}:ttl"), "leaving").await.unwrap();
+        let q = QueryOptions::default();
+        let passing = HealthFilter { passing: true, ..Default::default() };
+        let listed = c.health().service(&name, &passing, &q).await.unwrap().0;
+        assert!(listed.is_empty(), "{}: a warning member is not passing", b.name);
+        assert!(
+            c.session().info(&id, &q).await.unwrap().0.is_some(),
+            "{}: a warning check keeps its session",
+            b.name
+        );
+        c.agent().fail_ttl(&format!("{name}:ttl"), "gone").await.unwrap();
+        // The agent syncs the critical status to the servers, which invalidate the session.
+        let mut gone = false;
+        for _ in 0..100 {
+            if c.session().info(&id, &q).await.unwrap().0.is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "{}: a critical check invalidates its session", b.name);
+        c.agent().deregister_service(&name).await.unwrap();
+    }
+}

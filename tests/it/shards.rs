@@ -10,7 +10,9 @@ use std::time::Duration;
 use consul_api::{Index, QueryOptions};
 use consul_sim::{Sim, SimConfig};
 use ha_cluster::Cluster;
-use prod_config::{ReplicaState, RoutingTable, ShardConfig, ShardManager, ShardManagerOptions};
+use prod_config::{
+    ReplicaState, RoutingTable, ShardConfig, ShardManager, ShardManagerOptions, TableAuditor,
+};
 
 use crate::cluster::{config, eventually};
 
@@ -31,8 +33,9 @@ async fn start(sim: &Sim, id: &str, zone: &str, shards: &ShardConfig) -> Node {
 #[derive(Default)]
 struct History {
     versions: Vec<u64>,
-    /// (shard, epoch) → primary.
-    primaries: HashMap<(usize, u64), String>,
+    /// prod-config's auditor: versions grow by one, tokens never go back, an in-sync copy
+    /// per shard, one primary per shard per epoch.
+    audit: TableAuditor,
     /// (shard, node) → how many times a copy was added.
     adds: HashMap<(usize, String), usize>,
     last: Option<RoutingTable>,
@@ -41,20 +44,13 @@ struct History {
 
 impl History {
     fn observe(&mut self, t: RoutingTable) {
+        self.audit.observe(&t);
+        assert!(self.audit.violations().is_empty(), "{:?}", self.audit.violations());
         if self.last.as_ref().is_some_and(|l| l.version >= t.version) {
             return;
         }
         self.versions.push(t.version);
         for (i, s) in t.shards.iter().enumerate() {
-            assert!(s.in_sync().next().is_some(), "v{}: shard {i} has no in-sync copy", t.version);
-            if let Some(p) = &s.primary {
-                let prev = self.primaries.entry((i, s.epoch)).or_insert_with(|| p.clone());
-                assert_eq!(
-                    prev, p,
-                    "v{}: shard {i} has two primaries in epoch {}",
-                    t.version, s.epoch
-                );
-            }
             let before = self.last.as_ref().map(|l| &l.shards[i]);
             for r in &s.replicas {
                 if before.is_some_and(|b| !b.holds(&r.node)) {

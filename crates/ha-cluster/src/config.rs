@@ -50,9 +50,10 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// Defaults for member `node_id` of `service` at `node_address`: heartbeat 1 s, session
-    /// TTL 10 s, lock-delay 5 s. Crash failover: ≤ 16 s when the check's TTL lapses; ≤ 26 s
-    /// when the member restarts and passes its check first, so only Consul's reaping of the
-    /// session (2 × TTL) ends it.
+    /// TTL 10 s, lock-delay 5 s. Crash failover ≤ 15 s on real Consul when the member stays
+    /// down: its TTL check goes critical one TTL after the last pass and takes the session
+    /// with it, well before Consul's 2 × TTL session timer; then the lock-delay. ≤ 26 s when
+    /// the member restarts and passes its check first, so only the 2 × TTL reaping ends it.
     pub fn new(
         service: impl Into<String>,
         node_id: impl Into<String>,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use consul_api::txn::{KvOp, TxnOutcome};
+
 use super::procs::mono_ns;
 use super::{Harness, Report, Settings};
 
@@ -138,11 +140,19 @@ async fn member_pause() {
     let (mut h, cold) = Harness::start("member_pause", 3, s.clone()).await;
     r.cold_start_s.push(cold);
     let pause = s.ttl + s.lock_delay + Duration::from_secs(2);
+    let mut stale_rejected = 0;
     for round in 0..3 {
         let (leader, token) = h.leader().await.expect("a leader");
         // Rounds 0 and 2 pause the leader, round 1 a follower.
         let i = if round == 1 { (h.index(&leader) + 1) % 3 } else { h.index(&leader) };
         let id = h.members[i].id.clone();
+        // The guards the paused leader's writes carry: its session and the key's index.
+        let (held, _) = h
+            .observer()
+            .kv()
+            .get("ha-cluster/rc/leader", &consul_api::QueryOptions::default())
+            .await
+            .expect("the leader key");
         h.checker.set_alive(&id, false);
         let paused = h.members[i].proc.signal("STOP");
         tokio::time::sleep(pause).await;
@@ -157,6 +167,21 @@ async fn member_pause() {
                 other => r.failures.push(format!(
                     "no other member took over while {id} was paused {pause:?}: {other:?}"
                 )),
+            }
+            // A write under the paused leader's guards, as it would send it on resuming,
+            // must be rejected by Consul itself.
+            let held = held.expect("the key was held");
+            let key = "ha-cluster/rc/leader";
+            let ops = [
+                KvOp::check_session(key, held.session.clone().expect("a holder")),
+                KvOp::check_index(key, held.modify_index),
+                KvOp::set("prod-config/rc/stale-write", "from a deposed leader"),
+            ];
+            match h.observer().txn().execute(&ops).await {
+                Ok(TxnOutcome::RolledBack(_)) => stale_rejected += 1,
+                other => {
+                    r.failures.push(format!("a deposed leader's write was not rejected: {other:?}"))
+                }
             }
             // The paused leader's own report must end its term at or before its lease.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -175,6 +200,9 @@ async fn member_pause() {
     let rejected: usize =
         h.members.iter().map(|m| m.proc.log().matches("Consul rejected").count()).sum();
     r.notes.push(format!("writes Consul rejected from resumed members: {rejected}"));
+    r.notes.push(format!(
+        "writes sent under a paused leader's guards after the takeover: {stale_rejected}, all rejected"
+    ));
     r.notes.push("crash_failover_s here: pause → next leader's term".into());
     r.judge(&h.verdict());
     h.clean_up();
