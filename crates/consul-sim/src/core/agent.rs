@@ -227,17 +227,15 @@ impl Consul {
                     ));
                 }
                 let check = self.parse_check(now, &def, &service_id, None)?;
-                self.put_check(now, &node, check);
+                let index = self.bump();
+                self.put_check(now, &node, check, index);
                 Ok(empty_ok())
             }
             ["check", "deregister", id] => {
                 expect(method, &Method::PUT, &path)?;
                 // Consul 1.8.7 answers 200 for an unknown id too.
-                if self.state.checks.remove(&(node.clone(), id.to_string())).is_some() {
-                    for s in self.sessions_bound_to(&node, id) {
-                        self.invalidate_session(now, &s);
-                    }
-                    self.state.catalog_index = self.bump();
+                if self.state.checks.contains_key(&(node.clone(), id.to_string())) {
+                    self.remove_check(now, &node, id);
                 }
                 Ok(empty_ok())
             }
@@ -335,8 +333,8 @@ impl Consul {
     ) {
         let key = (node.to_string(), check_id.clone());
         if !enable {
-            if self.state.checks.remove(&key).is_some() {
-                self.state.catalog_index = self.bump();
+            if self.state.checks.contains_key(&key) {
+                self.remove_check(now, node, &key.1);
             }
             return;
         }
@@ -358,7 +356,8 @@ impl Consul {
             create_index: 0,
             modify_index: 0,
         };
-        self.put_check(now, node, check);
+        let index = self.bump();
+        self.put_check(now, node, check, index);
     }
 
     /// The checks of one agent service as `agent/health/service/*` prints them: Go's
@@ -580,7 +579,7 @@ impl Consul {
         body: &Bytes,
     ) -> Result<(), ApiError> {
         let def = json_body(body, "service")?;
-        let mut service = ServiceState::parse(&def, "Name")?;
+        let service = ServiceState::parse(&def, "Name")?;
         let (id, name) = (service.id.clone(), service.name.clone());
         let mut defs: Vec<&Value> = Vec::new();
         if let Some(c) = super::field(&def, "Check") {
@@ -602,11 +601,9 @@ impl Consul {
             }
             checks.push(check);
         }
-        let key = (node.to_string(), id.clone());
+        // The agent syncs a service with its checks to the catalog in one write.
         let index = self.bump();
-        service.create_index = self.state.services.get(&key).map_or(index, |s| s.create_index);
-        service.modify_index = index;
-        self.state.services.insert(key, service);
+        self.put_service(node, service, index);
         // Re-registering replaces the service's checks (maintenance mode stays).
         let keep: BTreeSet<String> = checks.iter().map(|c| c.id.clone()).collect();
         let stale: Vec<String> = self
@@ -620,16 +617,21 @@ impl Consul {
             .collect();
         for cid in stale {
             self.state.checks.remove(&(node.to_string(), cid));
+            self.touch_check(node, &id, index);
         }
         for c in checks {
-            self.put_check(now, node, c);
+            self.put_check(now, node, c, index);
         }
-        self.state.catalog_index = self.bump();
         Ok(())
     }
 
+    /// Removes a service instance and its checks in one write.
     pub(crate) fn deregister_service(&mut self, now: SimTime, node: &str, id: &str) {
-        self.state.services.remove(&(node.to_string(), id.to_string()));
+        let index = self.bump();
+        let Some(service) = self.state.services.get(&(node.to_string(), id.to_string())) else {
+            return;
+        };
+        let name = service.name.clone();
         let checks: Vec<String> = self
             .state
             .checks
@@ -639,11 +641,13 @@ impl Consul {
             .collect();
         for cid in checks {
             self.state.checks.remove(&(node.to_string(), cid.clone()));
+            self.touch_check(node, id, index);
             for s in self.sessions_bound_to(node, &cid) {
                 self.invalidate_session(now, &s);
             }
         }
-        self.state.catalog_index = self.bump();
+        self.state.services.remove(&(node.to_string(), id.to_string()));
+        self.removed_service(&name, index);
     }
 
     /// A service as the agent prints it (`agent/services`, `agent/service/:id`).

@@ -174,8 +174,8 @@ impl Consul {
 
     /// Registers the agent's own node as a Consul server does when it starts: the node
     /// with its ID, tagged addresses and segment meta, the `serfHealth` check and the
-    /// `consul` service. The node is updated once more right after (Consul's anti-entropy
-    /// does the same), so a fresh agent's catalog index is 2.
+    /// `consul` service, in one write. The node is updated once more right after (Consul's
+    /// anti-entropy does the same), so a fresh agent's nodes index is 2, its services index 1.
     pub(crate) fn register_agent_node(&mut self) {
         let name = self.config.node_name.clone();
         let address = self.config.node_address.clone();
@@ -241,38 +241,67 @@ impl Consul {
                 modify_index: index,
             },
         );
+        self.touch_node(&name, index);
+        self.touch_service(CONSUL_SERVICE, index);
+        self.touch_check(&name, "", index);
         let index = self.bump();
         if let Some(n) = self.state.nodes.get_mut(&name) {
             n.modify_index = index;
         }
-        self.state.catalog_index = index;
+        self.touch_node(&name, index);
     }
 
-    /// Registers or updates a catalog node (`catalog/register`).
+    /// Registers or updates a catalog node (`catalog/register`) as part of the write at
+    /// `index`; an unchanged node keeps its indexes.
     fn upsert_node(
         &mut self,
         name: &str,
+        index: u64,
         id: String,
         address: String,
         tagged_addresses: BTreeMap<String, String>,
         meta: BTreeMap<String, String>,
     ) {
-        let index = self.bump();
-        let node = self.state.nodes.entry(name.to_string()).or_insert_with(|| NodeState {
-            id: String::new(),
-            address: String::new(),
-            meta: BTreeMap::new(),
-            tagged_addresses: BTreeMap::new(),
-            create_index: index,
-            modify_index: index,
+        let mut fresh = false;
+        let node = self.state.nodes.entry(name.to_string()).or_insert_with(|| {
+            fresh = true;
+            NodeState {
+                id: String::new(),
+                address: String::new(),
+                meta: BTreeMap::new(),
+                tagged_addresses: BTreeMap::new(),
+                create_index: index,
+                modify_index: index,
+            }
         });
         let new = (id, address, tagged_addresses, meta);
-        if (&node.id, &node.address, &node.tagged_addresses, &node.meta)
-            != (&new.0, &new.1, &new.2, &new.3)
+        if fresh
+            || (&node.id, &node.address, &node.tagged_addresses, &node.meta)
+                != (&new.0, &new.1, &new.2, &new.3)
         {
             (node.id, node.address, node.tagged_addresses, node.meta) = new;
             node.modify_index = index;
+            self.touch_node(name, index);
         }
+    }
+
+    /// Registers or updates a service instance of `node` as part of the write at `index`;
+    /// an unchanged instance keeps its indexes (Consul's `IsSameService`).
+    pub(crate) fn put_service(&mut self, node: &str, mut s: ServiceState, index: u64) {
+        let key = (node.to_string(), s.id.clone());
+        if let Some(old) = self.state.services.get(&key) {
+            s.create_index = old.create_index;
+            s.modify_index = old.modify_index;
+            if *old == s {
+                return;
+            }
+        } else {
+            s.create_index = index;
+        }
+        s.modify_index = index;
+        let name = s.name.clone();
+        self.state.services.insert(key, s);
+        self.touch_service(&name, index);
     }
 
     pub(crate) fn node_json(&self, name: &str, n: &NodeState) -> Value {
@@ -353,7 +382,8 @@ impl Consul {
         body: &Bytes,
     ) -> Result<Reply, ApiError> {
         let path = format!("/v1/catalog/{rest}");
-        let index = self.state.catalog_index;
+        let tables = &self.state.tables;
+        let (nodes_index, services_index) = (tables.nodes, tables.services);
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
         let filter_ty = match verb {
             "nodes" => Some(&filter::NODE),
@@ -366,6 +396,8 @@ impl Consul {
             Err(e) => return Ok(filter::error_reply(e.message(), true)),
         };
         let keep = |v: &Value| f.as_ref().is_none_or(|f| f.matches(v));
+        // `catalog/node` and `catalog/node-services` read the nodes and services tables.
+        let index = nodes_index.max(services_index);
         let meta = node_meta_param(t);
         match verb {
             "datacenters" => {
@@ -383,7 +415,7 @@ impl Consul {
                 }
                 let v: serde_json::Map<String, Value> =
                     map.into_iter().map(|(k, tags)| (k, json!(tags))).collect();
-                Ok(catalog_read(index, t, &Value::Object(v)))
+                Ok(catalog_read(services_index, t, &Value::Object(v)))
             }
             "service" if !arg.is_empty() => {
                 expect(method, &Method::GET, &path)?;
@@ -398,7 +430,7 @@ impl Consul {
                     .map(|((node, _), s)| self.catalog_service_json(node, s))
                     .filter(keep)
                     .collect();
-                Ok(catalog_read(index, t, &Value::Array(list)))
+                Ok(catalog_read(self.service_read_index(arg, false), t, &Value::Array(list)))
             }
             "nodes" => {
                 expect(method, &Method::GET, &path)?;
@@ -410,7 +442,7 @@ impl Consul {
                     .map(|(name, n)| self.node_json(name, n))
                     .filter(keep)
                     .collect();
-                Ok(catalog_read(index, t, &Value::Array(list)))
+                Ok(catalog_read(nodes_index, t, &Value::Array(list)))
             }
             "node" if !arg.is_empty() => {
                 expect(method, &Method::GET, &path)?;
@@ -498,23 +530,19 @@ impl Consul {
         for c in check_defs {
             checks.push(catalog_check(c)?);
         }
+        let index = self.bump();
         if !(skip_node_update && self.state.nodes.contains_key(&node)) {
             let id = str_field(&reg, "ID")?.unwrap_or_default();
             let tagged = map_field(&reg, "TaggedAddresses")?;
             let meta = map_field(&reg, "NodeMeta")?;
-            self.upsert_node(&node, id, address, tagged, meta);
+            self.upsert_node(&node, index, id, address, tagged, meta);
         }
-        if let Some(mut s) = service {
-            let index = self.bump();
-            let key = (node.clone(), s.id.clone());
-            s.create_index = self.state.services.get(&key).map_or(index, |o| o.create_index);
-            s.modify_index = index;
-            self.state.services.insert(key, s);
+        if let Some(s) = service {
+            self.put_service(&node, s, index);
         }
         for c in checks {
-            self.put_check(now, &node, c);
+            self.put_check(now, &node, c, index);
         }
-        self.state.catalog_index = self.bump();
         Ok(())
     }
 
@@ -534,14 +562,7 @@ impl Consul {
         let check = str_field(&reg, "CheckID")?.filter(|s| !s.is_empty());
         match (service, check) {
             (Some(sid), _) => self.deregister_service(now, &node, &sid),
-            (None, Some(cid)) => {
-                if self.state.checks.remove(&(node.clone(), cid.clone())).is_some() {
-                    for s in self.sessions_bound_to(&node, &cid) {
-                        self.invalidate_session(now, &s);
-                    }
-                    self.state.catalog_index = self.bump();
-                }
-            }
+            (None, Some(cid)) => self.remove_check(now, &node, &cid),
             (None, None) => {
                 let sessions: Vec<String> = self
                     .state
@@ -553,14 +574,30 @@ impl Consul {
                 for s in sessions {
                     self.invalidate_session(now, &s);
                 }
+                let index = self.bump();
                 // Consul's anti-entropy puts the agent's own node back with its services and
                 // checks (within a minute); the sim keeps them, as if it already had.
-                if node != self.config.node_name {
-                    self.state.nodes.remove(&node);
-                    self.state.services.retain(|(n, _), _| *n != node);
+                if node != self.config.node_name && self.state.nodes.contains_key(&node) {
+                    self.touch_node(&node, index);
+                    let before = self.state.checks.len();
                     self.state.checks.retain(|(n, _), _| *n != node);
+                    if self.state.checks.len() != before {
+                        self.state.tables.checks = index;
+                    }
+                    let gone: Vec<String> = self
+                        .state
+                        .services
+                        .iter()
+                        .filter(|((n, _), _)| *n == node)
+                        .map(|(_, s)| s.name.clone())
+                        .collect();
+                    self.state.services.retain(|(n, _), _| *n != node);
+                    for name in gone {
+                        self.removed_service(&name, index);
+                    }
+                    self.state.nodes.remove(&node);
+                    self.state.tables.nodes = index;
                 }
-                self.state.catalog_index = self.bump();
             }
         }
         Ok(())

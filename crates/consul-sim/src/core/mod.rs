@@ -21,6 +21,7 @@ mod kv;
 mod operator;
 mod request;
 mod session;
+mod tables;
 mod txn;
 
 use std::collections::BTreeMap;
@@ -204,7 +205,11 @@ pub(crate) struct State {
     /// Checks by (node, check id).
     #[serde(with = "pair_keyed")]
     pub(crate) checks: BTreeMap<(String, String), CheckState>,
+    /// The largest index of any catalog table.
     pub(crate) catalog_index: u64,
+    /// The catalog's table indexes: what each catalog and health read reports.
+    #[serde(default)]
+    pub(crate) tables: tables::CatalogIndexes,
     pub(crate) rng: u64,
     /// Autopilot's configuration (`/v1/operator/autopilot/configuration`).
     #[serde(default)]
@@ -525,6 +530,11 @@ impl Consul {
             c.restart(now);
         }
         state.lock_delays.clear();
+        // A snapshot from before the sim kept table indexes: every table at the catalog's.
+        if state.tables == tables::CatalogIndexes::default() {
+            let i = state.catalog_index;
+            (state.tables.nodes, state.tables.services, state.tables.checks) = (i, i, i);
+        }
         self.state = state;
         Ok(())
     }
