@@ -255,7 +255,7 @@ impl Consul {
                 let upd = json_body(body, "check update")?;
                 let status = str_field(&upd, "Status")?.unwrap_or_default();
                 if !valid_status(&status) {
-                    return Err(ApiError::bad_request(format!("Invalid check status: {status:?}")));
+                    return Err(ApiError::bad_request(format!("Invalid check status: '{status}'")));
                 }
                 let output = str_field(&upd, "Output")?.unwrap_or_default();
                 self.update_ttl(now, &node, id, &status, &output)?;
@@ -579,7 +579,8 @@ impl Consul {
         body: &Bytes,
     ) -> Result<(), ApiError> {
         let def = json_body(body, "service")?;
-        let service = ServiceState::parse(&def, "Name")?;
+        let mut service = ServiceState::parse(&def, "Name", "")?;
+        default_tagged_addresses(&mut service);
         let (id, name) = (service.id.clone(), service.name.clone());
         let mut defs: Vec<&Value> = Vec::new();
         if let Some(c) = super::field(&def, "Check") {
@@ -678,6 +679,24 @@ impl Consul {
             o.insert("ModifyIndex".into(), json!(0));
         }
         v
+    }
+}
+
+/// Consul's agent gives a service whose Address is an IP the tagged addresses
+/// `lan_ipv4`/`wan_ipv4` (or `lan_ipv6`/`wan_ipv6`) of that address and port, unless the
+/// registration names them itself. A host name gets none.
+fn default_tagged_addresses(service: &mut ServiceState) {
+    let Ok(ip) = service.address.parse::<std::net::IpAddr>() else { return };
+    let v4 = match ip {
+        std::net::IpAddr::V4(_) => true,
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    };
+    let keys = if v4 { ["lan_ipv4", "wan_ipv4"] } else { ["lan_ipv6", "wan_ipv6"] };
+    for k in keys {
+        service
+            .tagged_addresses
+            .entry(k.to_string())
+            .or_insert_with(|| json!({"Address": service.address, "Port": service.port}));
     }
 }
 

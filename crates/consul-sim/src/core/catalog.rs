@@ -40,7 +40,8 @@ pub(crate) struct ServiceState {
     pub(crate) name: String,
     pub(crate) tags: Vec<String>,
     pub(crate) address: String,
-    pub(crate) port: u16,
+    /// Go's `int`: Consul takes any integer, negative or above 65535 too.
+    pub(crate) port: i64,
     pub(crate) meta: BTreeMap<String, String>,
     /// `{"lan": {"Address": …, "Port": …}, …}` as registered.
     #[serde(default)]
@@ -55,8 +56,13 @@ pub(crate) struct ServiceState {
 
 impl ServiceState {
     /// Reads a service definition: `name_field` is `Name` for the agent, `Service` for the
-    /// catalog.
-    pub(crate) fn parse(def: &Value, name_field: &str) -> Result<ServiceState, ApiError> {
+    /// catalog. `go_path` is how Go's decoder names the definition's struct in its errors
+    /// (`""` for the agent's, `NodeService.Service` for the catalog's).
+    pub(crate) fn parse(
+        def: &Value,
+        name_field: &str,
+        go_path: &str,
+    ) -> Result<ServiceState, ApiError> {
         if !def.is_object() {
             return Err(ApiError::bad_request(
                 "Request decode failed: the service must be a JSON object",
@@ -68,11 +74,17 @@ impl ServiceState {
         let id = str_field(def, "ID")?.filter(|n| !n.is_empty()).unwrap_or_else(|| name.clone());
         let port = match field(def, "Port") {
             None => 0,
-            Some(v) => v
-                .as_u64()
-                .filter(|p| *p <= u64::from(u16::MAX))
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid Port {v}")))?
-                as u16,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                let kind = match v {
+                    // Go names the number itself (the sim prints it as serde_json reads it).
+                    Value::Number(n) => format!("number {n}"),
+                    other => super::go_kind(other).to_string(),
+                };
+                ApiError::bad_request(format!(
+                    "Request decode failed: json: cannot unmarshal {kind} into Go struct field \
+                     {go_path}.Port of type int"
+                ))
+            })?,
         };
         let tagged_addresses = match field(def, "TaggedAddresses") {
             None => BTreeMap::new(),
@@ -232,7 +244,7 @@ impl Consul {
                 name: CONSUL_SERVICE.into(),
                 tags: Vec::new(),
                 address: String::new(),
-                port: SERVER_PORT,
+                port: i64::from(SERVER_PORT),
                 meta,
                 tagged_addresses: BTreeMap::new(),
                 enable_tag_override: false,
@@ -447,7 +459,8 @@ impl Consul {
             "node" if !arg.is_empty() => {
                 expect(method, &Method::GET, &path)?;
                 let Some(n) = self.state.nodes.get(arg) else {
-                    return Ok(catalog_read(index, t, &Value::Null));
+                    // Consul's state store answers a missing node with index 0, sent as 1.
+                    return Ok(catalog_read(1, t, &Value::Null));
                 };
                 let services: serde_json::Map<String, Value> = self
                     .state
@@ -466,7 +479,8 @@ impl Consul {
             "node-services" if !arg.is_empty() => {
                 expect(method, &Method::GET, &path)?;
                 let Some(n) = self.state.nodes.get(arg) else {
-                    return Ok(catalog_read(index, t, &json!({"Node": null, "Services": null})));
+                    let none = json!({"Node": null, "Services": null});
+                    return Ok(catalog_read(1, t, &none));
                 };
                 let services: Vec<Value> = self
                     .state
@@ -515,8 +529,9 @@ impl Consul {
                 "Must provide address if SkipNodeUpdate is not set",
             ));
         }
-        let service =
-            field(&reg, "Service").map(|s| ServiceState::parse(s, "Service")).transpose()?;
+        let service = field(&reg, "Service")
+            .map(|s| ServiceState::parse(s, "Service", "NodeService.Service"))
+            .transpose()?;
         let mut check_defs: Vec<&Value> = Vec::new();
         if let Some(c) = field(&reg, "Check") {
             check_defs.push(c);

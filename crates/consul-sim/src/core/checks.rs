@@ -145,7 +145,13 @@ pub(crate) fn valid_status(s: &str) -> bool {
 impl Consul {
     /// Registers or updates a check of `node` as part of the write at `index`. A check
     /// whose definition and status are unchanged keeps its indexes (Consul's `IsSame`).
-    pub(crate) fn put_check(&mut self, now: SimTime, node: &str, mut check: CheckState, index: u64) {
+    pub(crate) fn put_check(
+        &mut self,
+        now: SimTime,
+        node: &str,
+        mut check: CheckState,
+        index: u64,
+    ) {
         let key = (node.to_string(), check.id.clone());
         let same = match self.state.checks.get(&key) {
             Some(old) => {
