@@ -288,6 +288,46 @@ impl Consul {
                     _ => Err(ApiError::no_endpoint()),
                 }
             }
+            ["leave"] => {
+                expect(method, &Method::PUT, &path)?;
+                // Consul answers once it has left and then exits; the adapter stops serving.
+                self.left = true;
+                Ok(empty_ok())
+            }
+            ["reload"] => {
+                expect(method, &Method::PUT, &path)?;
+                // The sim has no configuration files to read again.
+                Ok(empty_ok())
+            }
+            ["force-leave", member @ ..] => {
+                expect(method, &Method::PUT, &path)?;
+                let member = member.join("/");
+                // The agent's own node is the only Serf member; forcing it out is a no-op.
+                if member == node {
+                    return Ok(empty_ok());
+                }
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("agent: No node found with name '{member}'"),
+                ))
+            }
+            ["token", ..] => {
+                expect(method, &Method::PUT, &path)?;
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "ACL support disabled"))
+            }
+            ["monitor"] => {
+                expect(method, &Method::GET, &path)?;
+                let level = t.param("loglevel").unwrap_or_default();
+                // Consul upper-cases the level and checks it against logutils' names.
+                let known = ["", "TRACE", "DEBUG", "INFO", "WARN", "ERR", "ERROR"];
+                if !known.contains(&level.to_ascii_uppercase().as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "Bad request: Unknown log level: {level}"
+                    )));
+                }
+                // The sim writes no Consul log lines, so the stream never sends a byte.
+                Ok(Reply::Endless)
+            }
             ["self"] => {
                 expect(method, &Method::GET, &path)?;
                 Ok(Reply::json(&self.agent_self_json()))

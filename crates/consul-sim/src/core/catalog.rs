@@ -401,6 +401,7 @@ impl Consul {
             "nodes" => Some(&filter::NODE),
             "service" => Some(&filter::SERVICE_NODE),
             "node" | "node-services" => Some(&filter::NODE_SERVICE),
+            "connect" => Some(&filter::SERVICE_NODE),
             _ => None,
         };
         let f = match filter_ty.map(|ty| filter::from_request(t, ty)).transpose() {
@@ -443,6 +444,16 @@ impl Consul {
                     .filter(keep)
                     .collect();
                 Ok(catalog_read(self.service_read_index(arg, false), t, &Value::Array(list)))
+            }
+            "connect" => {
+                expect(method, &Method::GET, &path)?;
+                if arg.is_empty() {
+                    return Err(ApiError::bad_request("Missing service name"));
+                }
+                // The sim has no Connect proxies or native services: no instance is
+                // Connect-capable, so the service counts as absent for the index.
+                let index = self.service_read_index_of(arg, false, false);
+                Ok(catalog_read(index, t, &json!([])))
             }
             "nodes" => {
                 expect(method, &Method::GET, &path)?;

@@ -250,6 +250,9 @@ pub struct Consul {
     pub(crate) events: event::Events,
     /// What changed since the adapter last took the changes.
     pub(crate) changes: Changes,
+    /// The agent was asked to leave (`PUT /v1/agent/leave`): Consul stops serving and
+    /// exits once it has answered.
+    pub(crate) left: bool,
 }
 
 impl Consul {
@@ -262,6 +265,7 @@ impl Consul {
             txn: None,
             events: event::Events::default(),
             changes: Changes::default(),
+            left: false,
         };
         c.register_agent_node();
         c
@@ -285,6 +289,12 @@ impl Consul {
     /// True while the leader is lost.
     pub fn leader_lost(&self) -> bool {
         self.leader_lost
+    }
+
+    /// True once the agent was asked to leave (`PUT /v1/agent/leave`): a server adapter
+    /// stops serving after that answer, as Consul's agent shuts down and exits.
+    pub fn has_left(&self) -> bool {
+        self.left
     }
 
     /// The next index, for a write.
@@ -402,6 +412,14 @@ impl Consul {
                 self.park(now, wait, &target)
             }
             (Reply::Watch { response, .. }, _) => Outcome::Done(response),
+            // An answer that never comes (the agent's log stream, with nothing to log):
+            // parked until the caller gives up; unparked, a bare 200.
+            (Reply::Endless, _) if block => Outcome::Blocked {
+                index: self.index(),
+                deadline: now.after(ENDLESS),
+                watch: Watch::Never,
+            },
+            (Reply::Endless, _) => Outcome::Done(SimResponse::empty(StatusCode::OK)),
             (Reply::Write(response), _) => Outcome::Done(response),
         }
     }
@@ -553,7 +571,13 @@ pub(crate) enum Reply {
         moved: bool,
         response: SimResponse,
     },
+    /// A stream that sends nothing (`agent/monitor`): Consul writes no status line until
+    /// its first log line.
+    Endless,
 }
+
+/// How long an [`Reply::Endless`] answer stays parked: a century, for ever in practice.
+const ENDLESS: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Reply {
     pub(crate) fn read(index: u64, response: SimResponse) -> Reply {

@@ -94,8 +94,14 @@ impl Consul {
     /// extinction index for a service with no instance (once any service went extinct), else
     /// the service's own index, else the largest of the tables read.
     pub(crate) fn service_read_index(&self, name: &str, with_checks: bool) -> u64 {
-        let t = &self.state.tables;
         let exists = self.state.services.values().any(|s| s.name == name);
+        self.service_read_index_of(name, exists, with_checks)
+    }
+
+    /// [`service_read_index`](Self::service_read_index) for a read that found instances
+    /// (`exists`) or not.
+    pub(crate) fn service_read_index_of(&self, name: &str, exists: bool, with_checks: bool) -> u64 {
+        let t = &self.state.tables;
         if !exists && t.extinction > 0 {
             return t.extinction;
         }
