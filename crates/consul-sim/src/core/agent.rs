@@ -167,8 +167,10 @@ impl Consul {
                 );
                 Ok(empty_ok())
             }
-            ["service", id] => {
+            // Everything after `service/` is the id (`service/a/b` asks for service `a/b`).
+            ["service", ..] => {
                 expect(method, &Method::GET, &path)?;
+                let id = rest.strip_prefix("service/").unwrap_or_default();
                 let Some(s) = self.state.services.get(&(node.clone(), id.to_string())) else {
                     return Err(ApiError::new(
                         StatusCode::NOT_FOUND,

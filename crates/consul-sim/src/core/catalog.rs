@@ -397,6 +397,11 @@ impl Consul {
         let tables = &self.state.tables;
         let (nodes_index, services_index) = (tables.nodes, tables.services);
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        // `catalog/services/` is no endpoint: only the subtrees take a name after a slash.
+        let subtree = matches!(verb, "service" | "node" | "node-services" | "connect");
+        if !subtree && rest.contains('/') {
+            return Err(ApiError::no_endpoint());
+        }
         let filter_ty = match verb {
             "nodes" => Some(&filter::NODE),
             "service" => Some(&filter::SERVICE_NODE),

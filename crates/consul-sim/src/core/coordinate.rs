@@ -18,6 +18,12 @@ impl Consul {
         rest: &str,
         _t: &Target,
     ) -> Result<Reply, ApiError> {
+        // The exact paths and the `node/` subtree; anything else is no endpoint, whatever
+        // the method.
+        let known = matches!(rest, "datacenters" | "nodes") || rest.starts_with("node/");
+        if !known {
+            return Err(ApiError::no_endpoint());
+        }
         expect(method, &Method::GET, &format!("/v1/coordinate/{rest}"))?;
         let index = self.state.catalog_index;
         match rest.split_once('/') {

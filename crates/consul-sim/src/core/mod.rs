@@ -357,7 +357,9 @@ impl Consul {
             }
             Ok(()) => {}
         }
-        if let Some(location) = request::clean_redirect(&req.target) {
+        if let Some(location) =
+            request::clean_redirect(&req.target).or_else(|| request::subtree_redirect(&req.target))
+        {
             return Outcome::Done(SimResponse::moved(&req.method, location));
         }
         let target = match Target::parse(&req.target) {
@@ -429,9 +431,6 @@ impl Consul {
         let m = &req.method;
         if let Some(key) = path.strip_prefix("/v1/kv/") {
             return self.kv_endpoint(now, m, key, t, req);
-        }
-        if path == "/v1/kv" {
-            return Err(ApiError::bad_request("Missing key name"));
         }
         if path == "/v1/txn" {
             expect(m, &Method::PUT, path)?;
