@@ -85,7 +85,11 @@ def _free_port() -> int:
 
 def _command(http: int) -> list[str]:
     if BACKEND == "sim":
-        return [AGENT_BIN, "agent", "-dev", "--http-addr", f"127.0.0.1:{http}", "--node", "compat-node"]
+        # The same agent options as Consul's below: script checks on.
+        return [
+            AGENT_BIN, "agent", "-dev", "--http-addr", f"127.0.0.1:{http}", "--node", "compat-node",
+            "--enable-script-checks",
+        ]  # fmt: skip
     serf_lan, serf_wan, server = _free_port(), _free_port(), _free_port()
     # Upstream's config minus what 1.8.7 does not know (https, grpc_tls are off anyway).
     hcl = (

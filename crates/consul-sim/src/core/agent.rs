@@ -218,7 +218,8 @@ impl Consul {
             }
             ["check", "register"] => {
                 expect(method, &Method::PUT, &path)?;
-                let def = json_body(body, "check")?;
+                let mut def = json_body(body, "check")?;
+                super::translate_keys(&mut def, super::CHECK_ALIASES);
                 let service_id = str_field(&def, "ServiceID")?.unwrap_or_default();
                 if !service_id.is_empty()
                     && !self.state.services.contains_key(&(node.clone(), service_id.clone()))
@@ -620,7 +621,19 @@ impl Consul {
         node: &str,
         body: &Bytes,
     ) -> Result<(), ApiError> {
-        let def = json_body(body, "service")?;
+        let mut def = json_body(body, "service")?;
+        super::translate_keys(&mut def, super::SERVICE_ALIASES);
+        if let Some(obj) = def.as_object_mut() {
+            for (k, v) in obj.iter_mut() {
+                if k.eq_ignore_ascii_case("Check") {
+                    super::translate_keys(v, super::CHECK_ALIASES);
+                } else if k.eq_ignore_ascii_case("Checks")
+                    && let Some(list) = v.as_array_mut()
+                {
+                    list.iter_mut().for_each(|c| super::translate_keys(c, super::CHECK_ALIASES));
+                }
+            }
+        }
         let mut service = ServiceState::parse(&def, "Name", "")?;
         default_tagged_addresses(&mut service);
         let (id, name) = (service.id.clone(), service.name.clone());

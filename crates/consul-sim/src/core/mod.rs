@@ -37,7 +37,8 @@ pub use request::{BadTarget, SimRequest, Target};
 
 use blocking::blocking_params;
 pub(crate) use json::{
-    duration_field, field, go_kind, json_body, map_field, str_field, strings_field, to_map,
+    CHECK_ALIASES, SERVICE_ALIASES, duration_field, field, go_kind, json_body, map_field,
+    str_field, strings_field, to_map, translate_keys,
 };
 
 pub(crate) use catalog::ServiceState;
@@ -452,7 +453,7 @@ impl Consul {
             return self.event_endpoint(m, rest, t, &req.body);
         }
         if let Some(rest) = path.strip_prefix("/v1/coordinate/") {
-            return self.coordinate_endpoint(m, rest, t);
+            return self.coordinate_endpoint(m, rest, t, &req.body);
         }
         if let Some(rest) = path.strip_prefix("/v1/health/") {
             expect(m, &Method::GET, path)?;
