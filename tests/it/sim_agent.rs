@@ -146,3 +146,72 @@ async fn script_checks_run_when_enabled_and_map_exit_codes_like_consul() {
     }
     server.shutdown().await;
 }
+
+async fn agent_send(sim: &Sim, method: http::Method, target: &str) -> consul_sim::SimResponse {
+    let req = consul_sim::SimRequest {
+        method,
+        target: target.to_string(),
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::new(),
+    };
+    sim.execute("test", req).await.expect("not partitioned")
+}
+
+/// Consul 1.8.7: `GET /v1/agent/monitor?loglevel=info` sends no status line until its first
+/// log line; an unknown level is `400 Bad request: Unknown log level: <level>`.
+#[tokio::test(start_paused = true)]
+async fn the_log_monitor_checks_its_level_and_then_sends_nothing() {
+    let sim = Sim::new(SimConfig::default());
+    let bad = agent_send(&sim, http::Method::GET, "/v1/agent/monitor?loglevel=loud").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(&bad.body[..], b"Bad request: Unknown log level: loud");
+    let stream = agent_send(&sim, http::Method::GET, "/v1/agent/monitor?loglevel=err");
+    // Writes do not wake it either.
+    let writer = agent_send(&sim, http::Method::PUT, "/v1/agent/reload");
+    let (stream, writer) =
+        tokio::join!(tokio::time::timeout(Duration::from_secs(3600), stream), writer);
+    assert_eq!(writer.status, 200);
+    assert!(stream.is_err(), "the monitor answered: {stream:?}");
+}
+
+/// Consul 1.8.7: `PUT /v1/agent/leave` answers 200 with an empty body, then the agent stops
+/// serving HTTP and exits.
+#[tokio::test]
+async fn after_leave_the_server_answers_then_stops_serving() {
+    let sim = Sim::new(SimConfig::default());
+    let server = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = server.local_addr();
+    let put = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = format!(
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<String, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), put("/v1/agent/leave"))
+        .await
+        .expect("the leave answer came and the connection closed")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("content-length: 0"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(5), sim.left()).await.expect("the sim has left");
+    // The accept loop is gone: a new connection is refused or closed unanswered.
+    let mut refused = false;
+    for _ in 0..50 {
+        match put("/v1/agent/self").await {
+            Err(_) => refused = true,
+            Ok(a) if a.is_empty() => refused = true,
+            Ok(_) => {}
+        }
+        if refused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the server still answers after leave");
+    server.shutdown().await;
+}

@@ -75,7 +75,11 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     }
     // The sim logs every write to the data dir and snapshots as the log grows; shutting
     // down takes a last snapshot.
-    shutdown_signal().await;
+    // Like Consul, the agent also exits once `PUT /v1/agent/leave` has been answered.
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = sim.left() => tracing::info!("left the cluster (agent/leave)"),
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
     sim.save_snapshot().map_err(|e| format!("final snapshot failed: {e}"))?;

@@ -493,7 +493,8 @@ fn rename_node(core: &mut Consul, old: &str, new: &str) {
             core.state.checks.insert((new.to_string(), key.1), c);
         }
     }
-    core.state.catalog_index = index;
+    core.touch_node(new, index);
+    core.state.tables.checks = index;
 }
 
 /// The log segments in `dir`, in order.

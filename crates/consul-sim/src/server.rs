@@ -176,6 +176,8 @@ async fn accept_loop(
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stopped.changed() => break,
+            // Consul stops serving once it has left.
+            _ = sim.left() => break,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -204,6 +206,7 @@ async fn accept_loop(
             continue;
         };
         let sim = sim.clone();
+        let leaving = sim.clone();
         let options = options.clone();
         let mut stop_conn = stopped.clone();
         tokio::spawn(async move {
@@ -223,6 +226,11 @@ async fn accept_loop(
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = stop_conn.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+                // The answer in flight (the leave request's own) is still written.
+                _ = leaving.left() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                 }

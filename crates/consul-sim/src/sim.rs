@@ -45,6 +45,8 @@ struct Parked {
     prefixes: BTreeMap<String, Wakers>,
     any_kv: Wakers,
     non_kv: Wakers,
+    /// Reads that no write wakes (an endless stream), kept so they can leave.
+    never: Wakers,
 }
 
 impl Parked {
@@ -54,6 +56,7 @@ impl Parked {
             Watch::Prefix(p) => self.prefixes.entry(p.clone()).or_default(),
             Watch::AnyKv => &mut self.any_kv,
             Watch::NonKv => &mut self.non_kv,
+            Watch::Never => &mut self.never,
         }
     }
 
@@ -83,7 +86,7 @@ impl Parked {
                     }
                 }
             }
-            Watch::AnyKv | Watch::NonKv => {
+            Watch::AnyKv | Watch::NonKv | Watch::Never => {
                 self.slot(watch).remove(&id);
             }
         }
@@ -146,6 +149,8 @@ struct Shared {
     parked: Mutex<Parked>,
     start: Instant,
     index: watch::Sender<u64>,
+    /// Turns true once the agent was asked to leave.
+    left: watch::Sender<bool>,
     timers_changed: Arc<Notify>,
     faults: Mutex<Faults>,
     /// The write-ahead log and snapshots, with `--data-dir`.
@@ -189,11 +194,13 @@ impl Sim {
 
     fn build(core: Consul, data: Option<DataDir>) -> Sim {
         let (index, _) = watch::channel(core.index());
+        let (left, _) = watch::channel(core.has_left());
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             parked: Mutex::default(),
             start: Instant::now(),
             index,
+            left,
             timers_changed: Arc::new(Notify::new()),
             faults: Mutex::default(),
             data,
@@ -244,6 +251,17 @@ impl Sim {
             *i = core.index();
             changed
         });
+        if core.has_left() {
+            self.shared.left.send_if_modified(|l| !std::mem::replace(l, true));
+        }
+    }
+
+    /// Resolves once the agent was asked to leave (`PUT /v1/agent/leave`): Consul answers
+    /// that request, stops serving and exits, so a server or process built on the sim
+    /// should do the same.
+    pub async fn left(&self) {
+        let mut rx = self.shared.left.subscribe();
+        let _ = rx.wait_for(|l| *l).await;
     }
 
     /// An in-process transport for the client named `client` (its name is what fault

@@ -84,6 +84,12 @@ pub(crate) fn load_cases() -> Vec<Case> {
             cases.push(case);
         }
     }
+    // Fresh cases see the long-lived Consul before any other case has written to it.
+    for c in cases.iter().filter(|c| c.fresh) {
+        let writes = c.steps.iter().any(|s| matches!(s, Step::Send(s) if s.method != "GET"));
+        assert!(!writes, "{}: a fresh case must not write", c.origin);
+    }
+    cases.sort_by_key(|c| !c.fresh);
     cases
 }
 

@@ -23,6 +23,10 @@
 //! from run to run on Consul too); `mask-text PREFIX` hides the number after PREFIX in any text
 //! (an index inside an error message); `sort-strings` compares lists of strings as sets (Consul
 //! builds some from Go maps, in no fixed order). `unordered` compares a JSON array's items as a multiset.
+//! `fresh` marks a case that reads a fresh agent's state: Consul's table indexes keep the
+//! history of every earlier case (a node deregistered while cleaning up moves the nodes
+//! index), so the harness runs fresh cases first, before any case has written; a fresh case
+//! must not write.
 
 use std::time::Duration;
 
@@ -35,6 +39,8 @@ pub(crate) struct Case {
     pub(crate) origin: String,
     pub(crate) steps: Vec<Step>,
     pub(crate) masks: Vec<String>,
+    /// Reads a fresh agent's state: runs before every case that is not fresh.
+    pub(crate) fresh: bool,
 }
 
 /// One step of a case.
@@ -107,6 +113,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Vec<Case>, String> {
                 origin: at,
                 steps: Vec::new(),
                 masks: Vec::new(),
+                fresh: false,
             });
             continue;
         }
@@ -117,6 +124,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Vec<Case>, String> {
             Step::Wait
         } else if let Some(d) = line.strip_prefix("sleep ") {
             Step::Sleep(duration(d).ok_or_else(|| format!("{at}: bad duration {d:?}"))?)
+        } else if line == "fresh" {
+            case.fresh = true;
+            continue;
         } else if line == "sort-strings" {
             case.masks.push("sort:strings".into());
             continue;

@@ -167,8 +167,10 @@ impl Consul {
                 );
                 Ok(empty_ok())
             }
-            ["service", id] => {
+            // Everything after `service/` is the id (`service/a/b` asks for service `a/b`).
+            ["service", ..] => {
                 expect(method, &Method::GET, &path)?;
+                let id = rest.strip_prefix("service/").unwrap_or_default();
                 let Some(s) = self.state.services.get(&(node.clone(), id.to_string())) else {
                     return Err(ApiError::new(
                         StatusCode::NOT_FOUND,
@@ -216,7 +218,8 @@ impl Consul {
             }
             ["check", "register"] => {
                 expect(method, &Method::PUT, &path)?;
-                let def = json_body(body, "check")?;
+                let mut def = json_body(body, "check")?;
+                super::translate_keys(&mut def, super::CHECK_ALIASES);
                 let service_id = str_field(&def, "ServiceID")?.unwrap_or_default();
                 if !service_id.is_empty()
                     && !self.state.services.contains_key(&(node.clone(), service_id.clone()))
@@ -227,17 +230,15 @@ impl Consul {
                     ));
                 }
                 let check = self.parse_check(now, &def, &service_id, None)?;
-                self.put_check(now, &node, check);
+                let index = self.bump();
+                self.put_check(now, &node, check, index);
                 Ok(empty_ok())
             }
             ["check", "deregister", id] => {
                 expect(method, &Method::PUT, &path)?;
                 // Consul 1.8.7 answers 200 for an unknown id too.
-                if self.state.checks.remove(&(node.clone(), id.to_string())).is_some() {
-                    for s in self.sessions_bound_to(&node, id) {
-                        self.invalidate_session(now, &s);
-                    }
-                    self.state.catalog_index = self.bump();
+                if self.state.checks.contains_key(&(node.clone(), id.to_string())) {
+                    self.remove_check(now, &node, id);
                 }
                 Ok(empty_ok())
             }
@@ -257,7 +258,7 @@ impl Consul {
                 let upd = json_body(body, "check update")?;
                 let status = str_field(&upd, "Status")?.unwrap_or_default();
                 if !valid_status(&status) {
-                    return Err(ApiError::bad_request(format!("Invalid check status: {status:?}")));
+                    return Err(ApiError::bad_request(format!("Invalid check status: '{status}'")));
                 }
                 let output = str_field(&upd, "Output")?.unwrap_or_default();
                 self.update_ttl(now, &node, id, &status, &output)?;
@@ -289,6 +290,46 @@ impl Consul {
                     Some(("name", name)) => Ok(self.agent_health_by_name(&node, name, text)),
                     _ => Err(ApiError::no_endpoint()),
                 }
+            }
+            ["leave"] => {
+                expect(method, &Method::PUT, &path)?;
+                // Consul answers once it has left and then exits; the adapter stops serving.
+                self.left = true;
+                Ok(empty_ok())
+            }
+            ["reload"] => {
+                expect(method, &Method::PUT, &path)?;
+                // The sim has no configuration files to read again.
+                Ok(empty_ok())
+            }
+            ["force-leave", member @ ..] => {
+                expect(method, &Method::PUT, &path)?;
+                let member = member.join("/");
+                // The agent's own node is the only Serf member; forcing it out is a no-op.
+                if member == node {
+                    return Ok(empty_ok());
+                }
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("agent: No node found with name '{member}'"),
+                ))
+            }
+            ["token", ..] => {
+                expect(method, &Method::PUT, &path)?;
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "ACL support disabled"))
+            }
+            ["monitor"] => {
+                expect(method, &Method::GET, &path)?;
+                let level = t.param("loglevel").unwrap_or_default();
+                // Consul upper-cases the level and checks it against logutils' names.
+                let known = ["", "TRACE", "DEBUG", "INFO", "WARN", "ERR", "ERROR"];
+                if !known.contains(&level.to_ascii_uppercase().as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "Bad request: Unknown log level: {level}"
+                    )));
+                }
+                // The sim writes no Consul log lines, so the stream never sends a byte.
+                Ok(Reply::Endless)
             }
             ["self"] => {
                 expect(method, &Method::GET, &path)?;
@@ -335,8 +376,8 @@ impl Consul {
     ) {
         let key = (node.to_string(), check_id.clone());
         if !enable {
-            if self.state.checks.remove(&key).is_some() {
-                self.state.catalog_index = self.bump();
+            if self.state.checks.contains_key(&key) {
+                self.remove_check(now, node, &key.1);
             }
             return;
         }
@@ -358,7 +399,8 @@ impl Consul {
             create_index: 0,
             modify_index: 0,
         };
-        self.put_check(now, node, check);
+        let index = self.bump();
+        self.put_check(now, node, check, index);
     }
 
     /// The checks of one agent service as `agent/health/service/*` prints them: Go's
@@ -579,8 +621,21 @@ impl Consul {
         node: &str,
         body: &Bytes,
     ) -> Result<(), ApiError> {
-        let def = json_body(body, "service")?;
-        let mut service = ServiceState::parse(&def, "Name")?;
+        let mut def = json_body(body, "service")?;
+        super::translate_keys(&mut def, super::SERVICE_ALIASES);
+        if let Some(obj) = def.as_object_mut() {
+            for (k, v) in obj.iter_mut() {
+                if k.eq_ignore_ascii_case("Check") {
+                    super::translate_keys(v, super::CHECK_ALIASES);
+                } else if k.eq_ignore_ascii_case("Checks")
+                    && let Some(list) = v.as_array_mut()
+                {
+                    list.iter_mut().for_each(|c| super::translate_keys(c, super::CHECK_ALIASES));
+                }
+            }
+        }
+        let mut service = ServiceState::parse(&def, "Name", "")?;
+        default_tagged_addresses(&mut service);
         let (id, name) = (service.id.clone(), service.name.clone());
         let mut defs: Vec<&Value> = Vec::new();
         if let Some(c) = super::field(&def, "Check") {
@@ -602,11 +657,9 @@ impl Consul {
             }
             checks.push(check);
         }
-        let key = (node.to_string(), id.clone());
+        // The agent syncs a service with its checks to the catalog in one write.
         let index = self.bump();
-        service.create_index = self.state.services.get(&key).map_or(index, |s| s.create_index);
-        service.modify_index = index;
-        self.state.services.insert(key, service);
+        self.put_service(node, service, index);
         // Re-registering replaces the service's checks (maintenance mode stays).
         let keep: BTreeSet<String> = checks.iter().map(|c| c.id.clone()).collect();
         let stale: Vec<String> = self
@@ -620,16 +673,21 @@ impl Consul {
             .collect();
         for cid in stale {
             self.state.checks.remove(&(node.to_string(), cid));
+            self.touch_check(node, &id, index);
         }
         for c in checks {
-            self.put_check(now, node, c);
+            self.put_check(now, node, c, index);
         }
-        self.state.catalog_index = self.bump();
         Ok(())
     }
 
+    /// Removes a service instance and its checks in one write.
     pub(crate) fn deregister_service(&mut self, now: SimTime, node: &str, id: &str) {
-        self.state.services.remove(&(node.to_string(), id.to_string()));
+        let index = self.bump();
+        let Some(service) = self.state.services.get(&(node.to_string(), id.to_string())) else {
+            return;
+        };
+        let name = service.name.clone();
         let checks: Vec<String> = self
             .state
             .checks
@@ -639,11 +697,13 @@ impl Consul {
             .collect();
         for cid in checks {
             self.state.checks.remove(&(node.to_string(), cid.clone()));
+            self.touch_check(node, id, index);
             for s in self.sessions_bound_to(node, &cid) {
                 self.invalidate_session(now, &s);
             }
         }
-        self.state.catalog_index = self.bump();
+        self.state.services.remove(&(node.to_string(), id.to_string()));
+        self.removed_service(&name, index);
     }
 
     /// A service as the agent prints it (`agent/services`, `agent/service/:id`).
@@ -674,6 +734,24 @@ impl Consul {
             o.insert("ModifyIndex".into(), json!(0));
         }
         v
+    }
+}
+
+/// Consul's agent gives a service whose Address is an IP the tagged addresses
+/// `lan_ipv4`/`wan_ipv4` (or `lan_ipv6`/`wan_ipv6`) of that address and port, unless the
+/// registration names them itself. A host name gets none.
+fn default_tagged_addresses(service: &mut ServiceState) {
+    let Ok(ip) = service.address.parse::<std::net::IpAddr>() else { return };
+    let v4 = match ip {
+        std::net::IpAddr::V4(_) => true,
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+    };
+    let keys = if v4 { ["lan_ipv4", "wan_ipv4"] } else { ["lan_ipv6", "wan_ipv6"] };
+    for k in keys {
+        service
+            .tagged_addresses
+            .entry(k.to_string())
+            .or_insert_with(|| json!({"Address": service.address, "Port": service.port}));
     }
 }
 

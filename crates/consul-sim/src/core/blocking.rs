@@ -44,6 +44,8 @@ pub enum Watch {
     AnyKv,
     /// Any write outside the KV store (sessions, catalog, health, agent).
     NonKv,
+    /// Nothing: no write wakes it (a stream that has nothing to send).
+    Never,
 }
 
 /// What writes changed since the adapter last asked ([`Consul::take_changes`]).
@@ -70,6 +72,7 @@ impl Changes {
             Watch::Prefix(p) => self.keys.iter().any(|c| c.starts_with(p.as_str())),
             Watch::AnyKv => !self.keys.is_empty(),
             Watch::NonKv => self.other,
+            Watch::Never => false,
         }
     }
 }

@@ -40,7 +40,8 @@ pub(crate) struct ServiceState {
     pub(crate) name: String,
     pub(crate) tags: Vec<String>,
     pub(crate) address: String,
-    pub(crate) port: u16,
+    /// Go's `int`: Consul takes any integer, negative or above 65535 too.
+    pub(crate) port: i64,
     pub(crate) meta: BTreeMap<String, String>,
     /// `{"lan": {"Address": …, "Port": …}, …}` as registered.
     #[serde(default)]
@@ -55,8 +56,13 @@ pub(crate) struct ServiceState {
 
 impl ServiceState {
     /// Reads a service definition: `name_field` is `Name` for the agent, `Service` for the
-    /// catalog.
-    pub(crate) fn parse(def: &Value, name_field: &str) -> Result<ServiceState, ApiError> {
+    /// catalog. `go_path` is how Go's decoder names the definition's struct in its errors
+    /// (`""` for the agent's, `NodeService.Service` for the catalog's).
+    pub(crate) fn parse(
+        def: &Value,
+        name_field: &str,
+        go_path: &str,
+    ) -> Result<ServiceState, ApiError> {
         if !def.is_object() {
             return Err(ApiError::bad_request(
                 "Request decode failed: the service must be a JSON object",
@@ -68,11 +74,17 @@ impl ServiceState {
         let id = str_field(def, "ID")?.filter(|n| !n.is_empty()).unwrap_or_else(|| name.clone());
         let port = match field(def, "Port") {
             None => 0,
-            Some(v) => v
-                .as_u64()
-                .filter(|p| *p <= u64::from(u16::MAX))
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid Port {v}")))?
-                as u16,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                let kind = match v {
+                    // Go names the number itself (the sim prints it as serde_json reads it).
+                    Value::Number(n) => format!("number {n}"),
+                    other => super::go_kind(other).to_string(),
+                };
+                ApiError::bad_request(format!(
+                    "Request decode failed: json: cannot unmarshal {kind} into Go struct field \
+                     {go_path}.Port of type int"
+                ))
+            })?,
         };
         let tagged_addresses = match field(def, "TaggedAddresses") {
             None => BTreeMap::new(),
@@ -174,8 +186,8 @@ impl Consul {
 
     /// Registers the agent's own node as a Consul server does when it starts: the node
     /// with its ID, tagged addresses and segment meta, the `serfHealth` check and the
-    /// `consul` service. The node is updated once more right after (Consul's anti-entropy
-    /// does the same), so a fresh agent's catalog index is 2.
+    /// `consul` service, in one write. The node is updated once more right after (Consul's
+    /// anti-entropy does the same), so a fresh agent's nodes index is 2, its services index 1.
     pub(crate) fn register_agent_node(&mut self) {
         let name = self.config.node_name.clone();
         let address = self.config.node_address.clone();
@@ -232,7 +244,7 @@ impl Consul {
                 name: CONSUL_SERVICE.into(),
                 tags: Vec::new(),
                 address: String::new(),
-                port: SERVER_PORT,
+                port: i64::from(SERVER_PORT),
                 meta,
                 tagged_addresses: BTreeMap::new(),
                 enable_tag_override: false,
@@ -241,38 +253,67 @@ impl Consul {
                 modify_index: index,
             },
         );
+        self.touch_node(&name, index);
+        self.touch_service(CONSUL_SERVICE, index);
+        self.touch_check(&name, "", index);
         let index = self.bump();
         if let Some(n) = self.state.nodes.get_mut(&name) {
             n.modify_index = index;
         }
-        self.state.catalog_index = index;
+        self.touch_node(&name, index);
     }
 
-    /// Registers or updates a catalog node (`catalog/register`).
+    /// Registers or updates a catalog node (`catalog/register`) as part of the write at
+    /// `index`; an unchanged node keeps its indexes.
     fn upsert_node(
         &mut self,
         name: &str,
+        index: u64,
         id: String,
         address: String,
         tagged_addresses: BTreeMap<String, String>,
         meta: BTreeMap<String, String>,
     ) {
-        let index = self.bump();
-        let node = self.state.nodes.entry(name.to_string()).or_insert_with(|| NodeState {
-            id: String::new(),
-            address: String::new(),
-            meta: BTreeMap::new(),
-            tagged_addresses: BTreeMap::new(),
-            create_index: index,
-            modify_index: index,
+        let mut fresh = false;
+        let node = self.state.nodes.entry(name.to_string()).or_insert_with(|| {
+            fresh = true;
+            NodeState {
+                id: String::new(),
+                address: String::new(),
+                meta: BTreeMap::new(),
+                tagged_addresses: BTreeMap::new(),
+                create_index: index,
+                modify_index: index,
+            }
         });
         let new = (id, address, tagged_addresses, meta);
-        if (&node.id, &node.address, &node.tagged_addresses, &node.meta)
-            != (&new.0, &new.1, &new.2, &new.3)
+        if fresh
+            || (&node.id, &node.address, &node.tagged_addresses, &node.meta)
+                != (&new.0, &new.1, &new.2, &new.3)
         {
             (node.id, node.address, node.tagged_addresses, node.meta) = new;
             node.modify_index = index;
+            self.touch_node(name, index);
         }
+    }
+
+    /// Registers or updates a service instance of `node` as part of the write at `index`;
+    /// an unchanged instance keeps its indexes (Consul's `IsSameService`).
+    pub(crate) fn put_service(&mut self, node: &str, mut s: ServiceState, index: u64) {
+        let key = (node.to_string(), s.id.clone());
+        if let Some(old) = self.state.services.get(&key) {
+            s.create_index = old.create_index;
+            s.modify_index = old.modify_index;
+            if *old == s {
+                return;
+            }
+        } else {
+            s.create_index = index;
+        }
+        s.modify_index = index;
+        let name = s.name.clone();
+        self.state.services.insert(key, s);
+        self.touch_service(&name, index);
     }
 
     pub(crate) fn node_json(&self, name: &str, n: &NodeState) -> Value {
@@ -353,12 +394,19 @@ impl Consul {
         body: &Bytes,
     ) -> Result<Reply, ApiError> {
         let path = format!("/v1/catalog/{rest}");
-        let index = self.state.catalog_index;
+        let tables = &self.state.tables;
+        let (nodes_index, services_index) = (tables.nodes, tables.services);
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
+        // `catalog/services/` is no endpoint: only the subtrees take a name after a slash.
+        let subtree = matches!(verb, "service" | "node" | "node-services" | "connect");
+        if !subtree && rest.contains('/') {
+            return Err(ApiError::no_endpoint());
+        }
         let filter_ty = match verb {
             "nodes" => Some(&filter::NODE),
             "service" => Some(&filter::SERVICE_NODE),
             "node" | "node-services" => Some(&filter::NODE_SERVICE),
+            "connect" => Some(&filter::SERVICE_NODE),
             _ => None,
         };
         let f = match filter_ty.map(|ty| filter::from_request(t, ty)).transpose() {
@@ -366,6 +414,8 @@ impl Consul {
             Err(e) => return Ok(filter::error_reply(e.message(), true)),
         };
         let keep = |v: &Value| f.as_ref().is_none_or(|f| f.matches(v));
+        // `catalog/node` and `catalog/node-services` read the nodes and services tables.
+        let index = nodes_index.max(services_index);
         let meta = node_meta_param(t);
         match verb {
             "datacenters" => {
@@ -383,7 +433,7 @@ impl Consul {
                 }
                 let v: serde_json::Map<String, Value> =
                     map.into_iter().map(|(k, tags)| (k, json!(tags))).collect();
-                Ok(catalog_read(index, t, &Value::Object(v)))
+                Ok(catalog_read(services_index, t, &Value::Object(v)))
             }
             "service" if !arg.is_empty() => {
                 expect(method, &Method::GET, &path)?;
@@ -398,7 +448,17 @@ impl Consul {
                     .map(|((node, _), s)| self.catalog_service_json(node, s))
                     .filter(keep)
                     .collect();
-                Ok(catalog_read(index, t, &Value::Array(list)))
+                Ok(catalog_read(self.service_read_index(arg, false), t, &Value::Array(list)))
+            }
+            "connect" => {
+                expect(method, &Method::GET, &path)?;
+                if arg.is_empty() {
+                    return Err(ApiError::bad_request("Missing service name"));
+                }
+                // The sim has no Connect proxies or native services: no instance is
+                // Connect-capable, so the service counts as absent for the index.
+                let index = self.service_read_index_of(arg, false, false);
+                Ok(catalog_read(index, t, &json!([])))
             }
             "nodes" => {
                 expect(method, &Method::GET, &path)?;
@@ -410,12 +470,13 @@ impl Consul {
                     .map(|(name, n)| self.node_json(name, n))
                     .filter(keep)
                     .collect();
-                Ok(catalog_read(index, t, &Value::Array(list)))
+                Ok(catalog_read(nodes_index, t, &Value::Array(list)))
             }
             "node" if !arg.is_empty() => {
                 expect(method, &Method::GET, &path)?;
                 let Some(n) = self.state.nodes.get(arg) else {
-                    return Ok(catalog_read(index, t, &Value::Null));
+                    // Consul's state store answers a missing node with index 0, sent as 1.
+                    return Ok(catalog_read(1, t, &Value::Null));
                 };
                 let services: serde_json::Map<String, Value> = self
                     .state
@@ -434,7 +495,8 @@ impl Consul {
             "node-services" if !arg.is_empty() => {
                 expect(method, &Method::GET, &path)?;
                 let Some(n) = self.state.nodes.get(arg) else {
-                    return Ok(catalog_read(index, t, &json!({"Node": null, "Services": null})));
+                    let none = json!({"Node": null, "Services": null});
+                    return Ok(catalog_read(1, t, &none));
                 };
                 let services: Vec<Value> = self
                     .state
@@ -483,8 +545,9 @@ impl Consul {
                 "Must provide address if SkipNodeUpdate is not set",
             ));
         }
-        let service =
-            field(&reg, "Service").map(|s| ServiceState::parse(s, "Service")).transpose()?;
+        let service = field(&reg, "Service")
+            .map(|s| ServiceState::parse(s, "Service", "NodeService.Service"))
+            .transpose()?;
         let mut check_defs: Vec<&Value> = Vec::new();
         if let Some(c) = field(&reg, "Check") {
             check_defs.push(c);
@@ -498,23 +561,19 @@ impl Consul {
         for c in check_defs {
             checks.push(catalog_check(c)?);
         }
+        let index = self.bump();
         if !(skip_node_update && self.state.nodes.contains_key(&node)) {
             let id = str_field(&reg, "ID")?.unwrap_or_default();
             let tagged = map_field(&reg, "TaggedAddresses")?;
             let meta = map_field(&reg, "NodeMeta")?;
-            self.upsert_node(&node, id, address, tagged, meta);
+            self.upsert_node(&node, index, id, address, tagged, meta);
         }
-        if let Some(mut s) = service {
-            let index = self.bump();
-            let key = (node.clone(), s.id.clone());
-            s.create_index = self.state.services.get(&key).map_or(index, |o| o.create_index);
-            s.modify_index = index;
-            self.state.services.insert(key, s);
+        if let Some(s) = service {
+            self.put_service(&node, s, index);
         }
         for c in checks {
-            self.put_check(now, &node, c);
+            self.put_check(now, &node, c, index);
         }
-        self.state.catalog_index = self.bump();
         Ok(())
     }
 
@@ -534,14 +593,7 @@ impl Consul {
         let check = str_field(&reg, "CheckID")?.filter(|s| !s.is_empty());
         match (service, check) {
             (Some(sid), _) => self.deregister_service(now, &node, &sid),
-            (None, Some(cid)) => {
-                if self.state.checks.remove(&(node.clone(), cid.clone())).is_some() {
-                    for s in self.sessions_bound_to(&node, &cid) {
-                        self.invalidate_session(now, &s);
-                    }
-                    self.state.catalog_index = self.bump();
-                }
-            }
+            (None, Some(cid)) => self.remove_check(now, &node, &cid),
             (None, None) => {
                 let sessions: Vec<String> = self
                     .state
@@ -553,14 +605,30 @@ impl Consul {
                 for s in sessions {
                     self.invalidate_session(now, &s);
                 }
+                let index = self.bump();
                 // Consul's anti-entropy puts the agent's own node back with its services and
                 // checks (within a minute); the sim keeps them, as if it already had.
-                if node != self.config.node_name {
-                    self.state.nodes.remove(&node);
-                    self.state.services.retain(|(n, _), _| *n != node);
+                if node != self.config.node_name && self.state.nodes.contains_key(&node) {
+                    self.touch_node(&node, index);
+                    let before = self.state.checks.len();
                     self.state.checks.retain(|(n, _), _| *n != node);
+                    if self.state.checks.len() != before {
+                        self.state.tables.checks = index;
+                    }
+                    let gone: Vec<String> = self
+                        .state
+                        .services
+                        .iter()
+                        .filter(|((n, _), _)| *n == node)
+                        .map(|(_, s)| s.name.clone())
+                        .collect();
+                    self.state.services.retain(|(n, _), _| *n != node);
+                    for name in gone {
+                        self.removed_service(&name, index);
+                    }
+                    self.state.nodes.remove(&node);
+                    self.state.tables.nodes = index;
                 }
-                self.state.catalog_index = self.bump();
             }
         }
         Ok(())

@@ -143,14 +143,45 @@ pub(crate) fn valid_status(s: &str) -> bool {
 }
 
 impl Consul {
-    pub(crate) fn put_check(&mut self, now: SimTime, node: &str, mut check: CheckState) {
-        let index = self.bump();
-        check.create_index = index;
-        check.modify_index = index;
+    /// Registers or updates a check of `node` as part of the write at `index`. A check
+    /// whose definition and status are unchanged keeps its indexes (Consul's `IsSame`).
+    pub(crate) fn put_check(
+        &mut self,
+        now: SimTime,
+        node: &str,
+        mut check: CheckState,
+        index: u64,
+    ) {
+        let key = (node.to_string(), check.id.clone());
+        let same = match self.state.checks.get(&key) {
+            Some(old) => {
+                check.create_index = old.create_index;
+                check.modify_index = old.modify_index;
+                (&old.name, &old.status, &old.output, &old.notes, &old.service_id, &old.kind)
+                    == (
+                        &check.name,
+                        &check.status,
+                        &check.output,
+                        &check.notes,
+                        &check.service_id,
+                        &check.kind,
+                    )
+            }
+            None => {
+                check.create_index = index;
+                false
+            }
+        };
+        if !same {
+            check.modify_index = index;
+        }
         let critical = check.status == "critical";
         let id = check.id.clone();
-        self.state.checks.insert((node.to_string(), id.clone()), check);
-        self.state.catalog_index = index;
+        let service_id = check.service_id.clone();
+        self.state.checks.insert(key, check);
+        if !same {
+            self.touch_check(node, &service_id, index);
+        }
         if critical {
             for s in self.sessions_bound_to(node, &id) {
                 self.invalidate_session(now, &s);
@@ -302,13 +333,25 @@ impl Consul {
         c.status = status.to_string();
         c.output = output.to_string();
         if changed {
+            let service_id = c.service_id.clone();
             let index = self.bump();
             if let Some(c) = self.state.checks.get_mut(&key) {
                 c.modify_index = index;
             }
-            self.state.catalog_index = index;
+            self.touch_check(node, &service_id, index);
         }
         if status == "critical" {
+            for s in self.sessions_bound_to(node, id) {
+                self.invalidate_session(now, &s);
+            }
+        }
+    }
+
+    /// Removes a check of `node` in a write of its own; sessions bound to it go with it.
+    pub(crate) fn remove_check(&mut self, now: SimTime, node: &str, id: &str) {
+        let index = self.bump();
+        if let Some(c) = self.state.checks.remove(&(node.to_string(), id.to_string())) {
+            self.touch_check(node, &c.service_id, index);
             for s in self.sessions_bound_to(node, id) {
                 self.invalidate_session(now, &s);
             }

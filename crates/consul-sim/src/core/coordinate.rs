@@ -17,7 +17,18 @@ impl Consul {
         method: &Method,
         rest: &str,
         _t: &Target,
+        body: &[u8],
     ) -> Result<Reply, ApiError> {
+        if rest == "update" {
+            expect(method, &Method::PUT, "/v1/coordinate/update")?;
+            return update(body);
+        }
+        // The exact paths and the `node/` subtree; anything else is no endpoint, whatever
+        // the method.
+        let known = matches!(rest, "datacenters" | "nodes") || rest.starts_with("node/");
+        if !known {
+            return Err(ApiError::no_endpoint());
+        }
         expect(method, &Method::GET, &format!("/v1/coordinate/{rest}"))?;
         let index = self.state.catalog_index;
         match rest.split_once('/') {
@@ -43,4 +54,26 @@ impl Consul {
             _ => Err(ApiError::no_endpoint()),
         }
     }
+}
+
+/// `PUT /v1/coordinate/update`: Consul queues the coordinate and answers an empty 200, for
+/// any node name; a coordinate of another dimensionality than Serf's 8 is refused. Consul
+/// shows the update within its 5 s batch period, until the agent's own Serf coordinate
+/// replaces it (measured: within 30 s); the sim does not store it and always shows Serf's
+/// origin. A body without `Coord` makes Consul drop the connection (a recovered panic); the
+/// sim answers it as incompatible.
+fn update(body: &[u8]) -> Result<Reply, ApiError> {
+    let req = super::json_body(body, "coordinate update")?;
+    let dims = super::field(&req, "Coord")
+        .and_then(|c| super::field(c, "Vec"))
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if dims != 8 {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "incompatible coordinate"));
+    }
+    Ok(Reply::write(SimResponse {
+        status: StatusCode::OK,
+        headers: Vec::new(),
+        body: Default::default(),
+    }))
 }

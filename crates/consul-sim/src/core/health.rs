@@ -6,7 +6,6 @@ use super::{ApiError, CheckState, Consul, Reply, Target, filter};
 
 impl Consul {
     pub(crate) fn health_endpoint(&self, rest: &str, t: &Target) -> Result<Reply, ApiError> {
-        let index = self.state.catalog_index;
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
         if arg.is_empty() {
             return Err(ApiError::no_endpoint());
@@ -96,6 +95,11 @@ impl Consul {
             _ => return Err(ApiError::no_endpoint()),
         };
         let list = filter::retain(f.as_ref(), list);
+        // `health/service` reads the service's index; the check lists the checks table.
+        let index = match verb {
+            "service" => self.service_read_index(arg, true),
+            _ => self.state.tables.checks,
+        };
         Ok(super::catalog::catalog_read(index, t, &Value::Array(list)))
     }
 }

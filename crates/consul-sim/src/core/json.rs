@@ -98,3 +98,36 @@ pub(crate) fn go_kind(v: &Value) -> &'static str {
         Value::Object(_) => "object",
     }
 }
+
+/// The snake_case names Consul's agent accepts for fields of a service definition (its
+/// `TranslateKeys` step), and their canonical names.
+pub(crate) const SERVICE_ALIASES: &[(&str, &str)] =
+    &[("enable_tag_override", "EnableTagOverride"), ("tagged_addresses", "TaggedAddresses")];
+
+/// The other names Consul's agent accepts for fields of a check definition. The sim reads
+/// a script check's arguments from `Args`.
+pub(crate) const CHECK_ALIASES: &[(&str, &str)] = &[
+    ("script_args", "Args"),
+    ("ScriptArgs", "Args"),
+    ("deregister_critical_service_after", "DeregisterCriticalServiceAfter"),
+    ("docker_container_id", "DockerContainerID"),
+    ("tls_skip_verify", "TLSSkipVerify"),
+    ("service_id", "ServiceID"),
+];
+
+/// Renames the alias keys of a JSON object (matched case-insensitively, as Consul does) to
+/// their canonical names, unless the canonical name is given too.
+pub(crate) fn translate_keys(v: &mut Value, aliases: &[(&str, &str)]) {
+    let Some(obj) = v.as_object_mut() else { return };
+    for (alias, canonical) in aliases {
+        let Some(key) = obj.keys().find(|k| k.eq_ignore_ascii_case(alias)).cloned() else {
+            continue;
+        };
+        if obj.keys().any(|k| k.eq_ignore_ascii_case(canonical)) {
+            continue;
+        }
+        if let Some(val) = obj.remove(&key) {
+            obj.insert((*canonical).to_string(), val);
+        }
+    }
+}

@@ -21,6 +21,7 @@ mod kv;
 mod operator;
 mod request;
 mod session;
+mod tables;
 mod txn;
 
 use std::collections::BTreeMap;
@@ -36,7 +37,8 @@ pub use request::{BadTarget, SimRequest, Target};
 
 use blocking::blocking_params;
 pub(crate) use json::{
-    duration_field, field, go_kind, json_body, map_field, str_field, strings_field, to_map,
+    CHECK_ALIASES, SERVICE_ALIASES, duration_field, field, go_kind, json_body, map_field,
+    str_field, strings_field, to_map, translate_keys,
 };
 
 pub(crate) use catalog::ServiceState;
@@ -204,7 +206,11 @@ pub(crate) struct State {
     /// Checks by (node, check id).
     #[serde(with = "pair_keyed")]
     pub(crate) checks: BTreeMap<(String, String), CheckState>,
+    /// The largest index of any catalog table.
     pub(crate) catalog_index: u64,
+    /// The catalog's table indexes: what each catalog and health read reports.
+    #[serde(default)]
+    pub(crate) tables: tables::CatalogIndexes,
     pub(crate) rng: u64,
     /// Autopilot's configuration (`/v1/operator/autopilot/configuration`).
     #[serde(default)]
@@ -245,6 +251,9 @@ pub struct Consul {
     pub(crate) events: event::Events,
     /// What changed since the adapter last took the changes.
     pub(crate) changes: Changes,
+    /// The agent was asked to leave (`PUT /v1/agent/leave`): Consul stops serving and
+    /// exits once it has answered.
+    pub(crate) left: bool,
 }
 
 impl Consul {
@@ -257,6 +266,7 @@ impl Consul {
             txn: None,
             events: event::Events::default(),
             changes: Changes::default(),
+            left: false,
         };
         c.register_agent_node();
         c
@@ -280,6 +290,12 @@ impl Consul {
     /// True while the leader is lost.
     pub fn leader_lost(&self) -> bool {
         self.leader_lost
+    }
+
+    /// True once the agent was asked to leave (`PUT /v1/agent/leave`): a server adapter
+    /// stops serving after that answer, as Consul's agent shuts down and exits.
+    pub fn has_left(&self) -> bool {
+        self.left
     }
 
     /// The next index, for a write.
@@ -342,7 +358,9 @@ impl Consul {
             }
             Ok(()) => {}
         }
-        if let Some(location) = request::clean_redirect(&req.target) {
+        if let Some(location) =
+            request::clean_redirect(&req.target).or_else(|| request::subtree_redirect(&req.target))
+        {
             return Outcome::Done(SimResponse::moved(&req.method, location));
         }
         let target = match Target::parse(&req.target) {
@@ -397,6 +415,14 @@ impl Consul {
                 self.park(now, wait, &target)
             }
             (Reply::Watch { response, .. }, _) => Outcome::Done(response),
+            // An answer that never comes (the agent's log stream, with nothing to log):
+            // parked until the caller gives up; unparked, a bare 200.
+            (Reply::Endless, _) if block => Outcome::Blocked {
+                index: self.index(),
+                deadline: now.after(ENDLESS),
+                watch: Watch::Never,
+            },
+            (Reply::Endless, _) => Outcome::Done(SimResponse::empty(StatusCode::OK)),
             (Reply::Write(response), _) => Outcome::Done(response),
         }
     }
@@ -406,9 +432,6 @@ impl Consul {
         let m = &req.method;
         if let Some(key) = path.strip_prefix("/v1/kv/") {
             return self.kv_endpoint(now, m, key, t, req);
-        }
-        if path == "/v1/kv" {
-            return Err(ApiError::bad_request("Missing key name"));
         }
         if path == "/v1/txn" {
             expect(m, &Method::PUT, path)?;
@@ -430,7 +453,7 @@ impl Consul {
             return self.event_endpoint(m, rest, t, &req.body);
         }
         if let Some(rest) = path.strip_prefix("/v1/coordinate/") {
-            return self.coordinate_endpoint(m, rest, t);
+            return self.coordinate_endpoint(m, rest, t, &req.body);
         }
         if let Some(rest) = path.strip_prefix("/v1/health/") {
             expect(m, &Method::GET, path)?;
@@ -525,6 +548,11 @@ impl Consul {
             c.restart(now);
         }
         state.lock_delays.clear();
+        // A snapshot from before the sim kept table indexes: every table at the catalog's.
+        if state.tables == tables::CatalogIndexes::default() {
+            let i = state.catalog_index;
+            (state.tables.nodes, state.tables.services, state.tables.checks) = (i, i, i);
+        }
         self.state = state;
         Ok(())
     }
@@ -543,7 +571,13 @@ pub(crate) enum Reply {
         moved: bool,
         response: SimResponse,
     },
+    /// A stream that sends nothing (`agent/monitor`): Consul writes no status line until
+    /// its first log line.
+    Endless,
 }
+
+/// How long an [`Reply::Endless`] answer stays parked: a century, for ever in practice.
+const ENDLESS: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Reply {
     pub(crate) fn read(index: u64, response: SimResponse) -> Reply {

@@ -92,6 +92,64 @@ pub(crate) fn clean_redirect(target: &str) -> Option<String> {
     })
 }
 
+/// Consul 1.8.7's handlers registered as subtrees (`/v1/kv/`) that have no handler of the
+/// same name without the slash. Each was measured: `PUT /v1/kv?x=1` answers
+/// `301 Location: /v1/kv/?x=1`.
+const SUBTREES: &[&str] = &[
+    "/v1/kv/",
+    "/v1/agent/service/",
+    "/v1/agent/service/deregister/",
+    "/v1/agent/service/maintenance/",
+    "/v1/agent/check/deregister/",
+    "/v1/agent/check/pass/",
+    "/v1/agent/check/warn/",
+    "/v1/agent/check/fail/",
+    "/v1/agent/check/update/",
+    "/v1/agent/health/service/id/",
+    "/v1/agent/health/service/name/",
+    "/v1/agent/join/",
+    "/v1/agent/force-leave/",
+    "/v1/agent/token/",
+    "/v1/agent/connect/ca/leaf/",
+    "/v1/acl/policy/name/",
+    "/v1/acl/role/name/",
+    "/v1/catalog/service/",
+    "/v1/catalog/node/",
+    "/v1/catalog/node-services/",
+    "/v1/catalog/connect/",
+    "/v1/catalog/gateway-services/",
+    "/v1/health/service/",
+    "/v1/health/checks/",
+    "/v1/health/node/",
+    "/v1/health/state/",
+    "/v1/health/connect/",
+    "/v1/health/ingress/",
+    "/v1/session/info/",
+    "/v1/session/node/",
+    "/v1/session/destroy/",
+    "/v1/session/renew/",
+    "/v1/event/fire/",
+    "/v1/coordinate/node/",
+    "/v1/internal/ui/node/",
+    "/v1/internal/ui/gateway-services-nodes/",
+    "/v1/internal/federation-state/",
+    "/v1/discovery-chain/",
+];
+
+/// Where Go's ServeMux redirects a path naming a subtree without its slash (`/v1/kv`): the
+/// path with the slash, the query kept; `None` for any other path.
+pub(crate) fn subtree_redirect(target: &str) -> Option<String> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let subtree = SUBTREES.iter().find(|s| s.strip_suffix('/') == Some(path))?;
+    Some(match query {
+        Some(q) => format!("{subtree}?{q}"),
+        None => subtree.to_string(),
+    })
+}
+
 /// A parsed request target: the decoded path and query parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {

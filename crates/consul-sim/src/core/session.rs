@@ -80,6 +80,11 @@ impl Consul {
         let _ = t;
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
         let path = format!("/v1/session/{rest}");
+        // `create` and `list` are exact paths; the others take everything after their slash
+        // (`session/node/a/b` is node `a/b`).
+        if matches!(verb, "create" | "list") && rest.contains('/') {
+            return Err(ApiError::no_endpoint());
+        }
         match verb {
             "create" => {
                 expect(method, &Method::PUT, &path)?;
@@ -89,12 +94,14 @@ impl Consul {
             "destroy" => {
                 expect(method, &Method::PUT, &path)?;
                 require_id(arg)?;
+                check_uuid(arg)?;
                 self.invalidate_session(now, arg);
                 Ok(Reply::json(&json!(true)))
             }
             "renew" => {
                 expect(method, &Method::PUT, &path)?;
                 require_id(arg)?;
+                check_uuid(arg)?;
                 match self.state.sessions.get_mut(arg) {
                     Some(s) => {
                         s.renewed_at = now;
@@ -435,9 +442,5 @@ pub(crate) fn go_duration(d: Duration) -> String {
 }
 
 fn require_id(arg: &str) -> Result<(), ApiError> {
-    if arg.is_empty() || arg.contains('/') {
-        Err(ApiError::bad_request("Missing session"))
-    } else {
-        Ok(())
-    }
+    if arg.is_empty() { Err(ApiError::bad_request("Missing session")) } else { Ok(()) }
 }
