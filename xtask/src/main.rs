@@ -1,7 +1,7 @@
 //! The workspace's own tasks, run as `cargo xtask <task>`:
 //!
 //! - `ci`: what CI runs after the tests, in order, stopping at the first failure: lint,
-//!   conformance, docs, layering, licences;
+//!   conformance, compat, docs, layering, licences;
 //! - `test`: the whole test suite (the README's test command);
 //! - `lint`: formatting, clippy and the tidy checks only;
 //! - `layers`: the layering check alone;
@@ -74,6 +74,8 @@ type Result = std::result::Result<(), String>;
 fn ci() -> Result {
     lint()?;
     conformance()?;
+    // py-consul's own suite: the sim must pass every test real Consul 1.8.7 passes.
+    compat::run()?;
     step("docs", {
         let mut c = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
         c.env("RUSTDOCFLAGS", "-D warnings");
