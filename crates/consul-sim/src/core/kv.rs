@@ -309,10 +309,12 @@ impl Consul {
             entry.lock_index = 0;
         }
         if let Some(session) = w.acquire {
-            self.session_exists(session)?;
+            // Consul checks the lock-delay before it looks the session up: an acquire during
+            // a lock-delay is `false` even with a session that is gone (seen on 1.8.7).
             if self.in_lock_delay(w.key, now) {
                 return Ok(false);
             }
+            self.session_exists(session)?;
             match &entry.session {
                 Some(holder) if holder != session => return Ok(false),
                 Some(_) => {}
