@@ -52,7 +52,7 @@ pub(crate) fn sim_config() -> SimConfig {
 /// One backend, ready to take requests.
 pub(crate) enum Backend {
     InProcess(Sim),
-    Http { client: Box<HttpClient>, base: String, _server: Option<Server> },
+    Http { client: Box<HttpClient>, base: String, sim: Option<Sim>, _server: Option<Server> },
 }
 
 impl Backend {
@@ -65,12 +65,35 @@ impl Backend {
     pub(crate) async fn sim_http() -> Backend {
         let sim = Sim::new(sim_config());
         let server = sim.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
-        Backend::Http { client: http_client(), base: server.url(), _server: Some(server) }
+        Backend::Http {
+            client: http_client(),
+            base: server.url(),
+            sim: Some(sim),
+            _server: Some(server),
+        }
     }
 
     /// A real Consul (which stays up across cases; see [`clean`]).
     pub(crate) fn consul(consul: &RealConsul) -> Backend {
-        Backend::Http { client: http_client(), base: consul.url(), _server: None }
+        Backend::Http { client: http_client(), base: consul.url(), sim: None, _server: None }
+    }
+
+    /// The raft index now: every index a script's own writes get is higher. For a real
+    /// Consul, its applied raft index (`agent/self`); for the sim, its store index.
+    pub(crate) async fn baseline(&self) -> Result<u64, String> {
+        match self {
+            Backend::InProcess(sim) | Backend::Http { sim: Some(sim), .. } => {
+                Ok(sim.core().index())
+            }
+            Backend::Http { sim: None, .. } => {
+                let a = self.send("GET", "/v1/agent/self", "").await?;
+                let v: serde_json::Value = serde_json::from_slice(&a.body)
+                    .map_err(|e| format!("agent/self is not JSON: {e}"))?;
+                v.pointer("/Stats/raft/applied_index")
+                    .and_then(|i| i.as_str()?.parse().ok())
+                    .ok_or_else(|| "agent/self has no Stats.raft.applied_index".to_string())
+            }
+        }
     }
 
     /// Sends one request; an error is a transport failure (no answer at all).

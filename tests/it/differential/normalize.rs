@@ -44,15 +44,24 @@ pub(crate) struct Exchange {
 }
 
 /// The transcript as JSON, normalized: one value per exchange.
-pub(crate) fn normalize(transcript: &[Exchange], masks: &[String]) -> Vec<Value> {
+///
+/// Indexes at or below `baseline` (the backend's raft index before the script ran) all
+/// become `idx#0`: they belong to what came before (an agent's bootstrap, whose order of
+/// writes varies from one start of Consul to the next, or earlier scripts).
+pub(crate) fn normalize(transcript: &[Exchange], masks: &[String], baseline: u64) -> Vec<Value> {
     let mut raw: Vec<(String, Value)> =
         transcript.iter().map(|e| (e.step.clone(), as_json(e))).collect();
     let mut indexes = BTreeSet::new();
     for (_, v) in &raw {
         collect_indexes(v, &mut indexes);
     }
-    let ranks: BTreeMap<u64, usize> =
-        indexes.into_iter().enumerate().map(|(i, v)| (v, i + 1)).collect();
+    let ranks: BTreeMap<u64, usize> = indexes
+        .iter()
+        .filter(|v| **v > baseline)
+        .enumerate()
+        .map(|(i, v)| (*v, i + 1))
+        .chain(indexes.iter().filter(|v| **v <= baseline).map(|v| (*v, 0)))
+        .collect();
     let mut uuids = Vec::new();
     for (_, v) in &mut raw {
         rewrite(v, &ranks, &mut uuids, masks);

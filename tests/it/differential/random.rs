@@ -258,19 +258,22 @@ fn compare(
     ops: &[Op],
 ) -> Result<Option<String>, TestCaseError> {
     let steps = steps(ops);
-    let (want, got) = rt.block_on(async {
+    let ((want, want_base), (got, got_base)) = rt.block_on(async {
+        let fail = |e: String| TestCaseError::fail(e);
+        let want_base = consul.baseline().await.map_err(fail)?;
         let want = run::run(consul, prefix, &steps).await;
         clean(consul).await.map_err(|e| TestCaseError::fail(format!("cleaning Consul: {e}")))?;
         let sim = Arc::new(Backend::sim_in_process());
+        let got_base = sim.baseline().await.map_err(fail)?;
         let got = run::run(&sim, prefix, &steps).await;
-        Ok::<_, TestCaseError>((want, got))
+        Ok::<_, TestCaseError>(((want, want_base), (got, got_base)))
     })?;
     if !want.failures.is_empty() {
         return Err(TestCaseError::fail(format!("on Consul: {:?}", want.failures)));
     }
     let diff = first_difference(
-        &normalize(&want.transcript, &[]),
-        &normalize(&got.transcript, &[]),
+        &normalize(&want.transcript, &[], want_base),
+        &normalize(&got.transcript, &[], got_base),
         &|_| false,
     );
     Ok(match diff {
