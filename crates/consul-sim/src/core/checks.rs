@@ -292,19 +292,15 @@ impl Consul {
         output: &str,
     ) -> Result<(), ApiError> {
         match self.state.checks.get(&(node.to_string(), id.to_string())) {
-            // Consul 1.8.7 answers an unknown check like a check without a TTL.
-            Some(c) if !matches!(c.kind, CheckKind::Ttl(_)) => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("CheckID {id:?} does not have associated TTL"),
-            )),
-            None => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("CheckID {id:?} does not have associated TTL"),
-            )),
-            Some(_) => {
+            Some(c) if matches!(c.kind, CheckKind::Ttl(_)) => {
                 self.set_check_status(now, node, id, status, output);
                 Ok(())
             }
+            // Consul 1.8.7 answers an unknown check like a check without a TTL.
+            _ => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("CheckID {id:?} does not have associated TTL"),
+            )),
         }
     }
 
