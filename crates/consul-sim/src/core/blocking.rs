@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::kv::under;
 use super::{Consul, Outcome, SimTime, Target};
 
 /// Consul's default wait, also used for `wait=0s`.
@@ -94,10 +95,8 @@ impl Consul {
     fn watch_of(&self, target: &Target) -> Watch {
         let Some(key) = target.path.strip_prefix("/v1/kv/") else { return Watch::NonKv };
         let under = |p: &str| {
-            let entries = self.state.kv.range(p.to_string()..).next();
-            let tombs = self.state.tombstones.range(p.to_string()..).next();
-            entries.is_some_and(|(k, _)| k.starts_with(p))
-                || tombs.is_some_and(|(k, _)| k.starts_with(p))
+            under(&self.state.kv, p).next().is_some()
+                || under(&self.state.tombstones, p).next().is_some()
         };
         if target.flag("keys") || target.flag("recurse") {
             if under(key) { Watch::Prefix(key.to_string()) } else { Watch::AnyKv }

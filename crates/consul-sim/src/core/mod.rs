@@ -43,7 +43,7 @@ pub(crate) use json::{
 
 pub(crate) use catalog::ServiceState;
 pub(crate) use checks::{CheckKind, CheckState};
-pub(crate) use kv::KvEntry;
+pub(crate) use kv::KvTable;
 pub(crate) use session::SessionState;
 
 /// Time as the simulator sees it: how long since it started. Injected by the caller.
@@ -191,9 +191,9 @@ pub(crate) struct NodeState {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct State {
     pub(crate) index: u64,
-    pub(crate) kv: BTreeMap<String, KvEntry>,
+    pub(crate) kv: KvTable,
     /// Deleted keys and the index of their deletion, so blocking reads wake on deletes.
-    pub(crate) tombstones: BTreeMap<String, u64>,
+    pub(crate) tombstones: BTreeMap<Box<str>, u64>,
     pub(crate) kv_index: u64,
     pub(crate) sessions: BTreeMap<String, SessionState>,
     pub(crate) session_index: u64,

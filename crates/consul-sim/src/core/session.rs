@@ -281,7 +281,7 @@ impl Consul {
     /// the session's lock-delay, starting at `at`.
     pub(crate) fn invalidate_session(&mut self, at: SimTime, id: &str) {
         let Some(session) = self.state.sessions.remove(id) else { return };
-        let held: Vec<String> = self
+        let held: Vec<Box<str>> = self
             .state
             .kv
             .iter()
@@ -303,7 +303,7 @@ impl Consul {
             // Consul stores any LockDelay but never enforces more than 60 s.
             let delay = session.lock_delay.min(MAX_LOCK_DELAY);
             if !delay.is_zero() {
-                self.state.lock_delays.insert(key, at.after(delay));
+                self.state.lock_delays.insert(key.into(), at.after(delay));
             }
         }
     }

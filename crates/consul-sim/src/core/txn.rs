@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::kv::{KvEntry, Write, entry_json, owned};
+use super::kv::{KvEntry, Write, entry_json, under};
 use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind};
 
 /// Consul's `txn_max_req_len` default: the largest transaction body.
@@ -38,7 +38,7 @@ pub(crate) struct UndoLog {
     /// How many changes were noted before the transaction, to forget its own on rollback.
     saved_changes: usize,
     touched: HashSet<String>,
-    before: Vec<(String, Option<KvEntry>, Option<u64>)>,
+    before: Vec<(Box<str>, Option<KvEntry>, Option<u64>)>,
 }
 
 impl Consul {
@@ -61,7 +61,7 @@ impl Consul {
         if t.touched.insert(key.to_string()) {
             let entry = self.state.kv.get(key).cloned();
             let tomb = self.state.tombstones.get(key).copied();
-            t.before.push((key.to_string(), entry, tomb));
+            t.before.push((key.into(), entry, tomb));
         }
     }
 
@@ -198,7 +198,7 @@ impl Consul {
                 }
                 let w = Write {
                     key,
-                    value: op.value.clone(),
+                    value: &op.value,
                     flags: op.flags,
                     cas: (op.verb == "cas").then_some(op.index),
                     acquire: (op.verb == "lock").then_some(op.session.as_str()),
@@ -227,9 +227,7 @@ impl Consul {
                 None => Err(format!("key {key:?} doesn't exist")),
             },
             "get-tree" => {
-                for (k, e) in
-                    self.state.kv.range(key.to_string()..).take_while(|(k, _)| k.starts_with(key))
-                {
+                for (k, e) in under(&self.state.kv, key) {
                     results.push(json!({"KV": entry_json(k, e, true)}));
                 }
                 Ok(())
@@ -289,7 +287,7 @@ fn txn_error(i: usize, what: &str) -> Value {
 struct TxnOp {
     verb: String,
     key: String,
-    value: Bytes,
+    value: Vec<u8>,
     flags: u64,
     index: u64,
     session: String,
@@ -373,9 +371,9 @@ fn parse_op(op: &Value) -> Result<Option<TxnOp>, String> {
         }
     };
     let value = match get("Value") {
-        None => Bytes::new(),
+        None => Vec::new(),
         Some(Value::String(v)) => {
-            STANDARD.decode(v.as_bytes()).map(owned).map_err(|e| match e {
+            STANDARD.decode(v.as_bytes()).map_err(|e| match e {
                 base64::DecodeError::InvalidByte(at, _)
                 | base64::DecodeError::InvalidLastSymbol(at, _) => {
                     format!("illegal base64 data at input byte {at}")
