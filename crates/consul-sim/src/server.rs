@@ -371,7 +371,7 @@ fn malformed_body(
 }
 
 fn to_http(resp: SimResponse) -> http::Response<Full<Bytes>> {
-    let headers = header_map(&resp);
+    let headers = header_map(resp.headers);
     let mut out = http::Response::new(Full::new(resp.body));
     *out.status_mut() = resp.status;
     *out.headers_mut() = headers;

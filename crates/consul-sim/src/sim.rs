@@ -513,17 +513,27 @@ async fn http_check(url: &str, timeout: Duration) -> (&'static str, String) {
     }
 }
 
-/// The core's headers as an `http::HeaderMap` (names are lower-cased on the way).
-pub(crate) fn header_map(resp: &SimResponse) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &resp.headers {
-        if let (Ok(n), Ok(v)) =
-            (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value))
-        {
-            headers.insert(n, v);
+/// The core's headers as an `http::HeaderMap` (names are lower-cased on the way). Consul's
+/// own header names are static and the values move into the map without a copy: this runs
+/// for every answer.
+pub(crate) fn header_map(headers: Vec<(&'static str, String)>) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = match name {
+            "Content-Type" => http::header::CONTENT_TYPE,
+            "X-Consul-Index" => http::HeaderName::from_static("x-consul-index"),
+            "X-Consul-KnownLeader" => http::HeaderName::from_static("x-consul-knownleader"),
+            "X-Consul-LastContact" => http::HeaderName::from_static("x-consul-lastcontact"),
+            other => match http::HeaderName::from_bytes(other.as_bytes()) {
+                Ok(n) => n,
+                Err(_) => continue,
+            },
+        };
+        if let Ok(v) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+            map.insert(name, v);
         }
     }
-    headers
+    map
 }
 
 /// A `consul_api::Transport` that talks to a [`Sim`] in-process, as one named client.
@@ -568,7 +578,7 @@ impl Transport for SimTransport {
                 Err(Error::ambiguous("consul-sim applied the request and dropped its response"))
             }
             Ok(Ok(resp)) => {
-                Ok(Response { status: resp.status, headers: header_map(&resp), body: resp.body })
+                Ok(Response { status: resp.status, headers: header_map(resp.headers), body: resp.body })
             }
         }
     }

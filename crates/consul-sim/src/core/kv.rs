@@ -1,6 +1,5 @@
 //! `/v1/kv`: the key/value store and its locks.
 
-use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -8,7 +7,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::session::check_uuid;
 use super::{ApiError, Consul, Reply, SimRequest, SimResponse, SimTime, Target};
@@ -53,26 +52,45 @@ pub(crate) fn under<'a, V>(
         .take_while(move |(k, _)| k.starts_with(prefix))
 }
 
-/// The JSON Consul returns for one entry; `with_value: false` gives `"Value": null`, as
-/// transaction results of writes do, and so does an empty value (Go's nil `[]byte`).
-pub(crate) fn entry_json(key: &str, e: &KvEntry, with_value: bool) -> Value {
-    let value = if with_value && !e.value.is_empty() {
-        Value::String(STANDARD.encode(&e.value))
-    } else {
-        Value::Null
-    };
-    let mut v = json!({
-        "LockIndex": e.lock_index,
-        "Key": key,
-        "Flags": e.flags,
-        "Value": value,
-        "CreateIndex": e.create_index,
-        "ModifyIndex": e.modify_index,
-    });
-    if let (Some(s), Some(obj)) = (&e.session, v.as_object_mut()) {
-        obj.insert("Session".into(), Value::String(s.to_string()));
+/// One entry as Consul writes it (`structs.DirEntry`: LockIndex, Key, Flags, Value, Session,
+/// CreateIndex, ModifyIndex), serialized straight from the store. `with_value: false` gives
+/// `"Value": null`, as transaction results of writes do, and so does an empty value (Go's nil
+/// `[]byte`).
+pub(crate) struct EntryJson<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) entry: &'a KvEntry,
+    pub(crate) with_value: bool,
+}
+
+impl Serialize for EntryJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let e = self.entry;
+        let mut out = s.serialize_struct("DirEntry", 7)?;
+        out.serialize_field("LockIndex", &e.lock_index)?;
+        out.serialize_field("Key", self.key)?;
+        out.serialize_field("Flags", &e.flags)?;
+        if self.with_value && !e.value.is_empty() {
+            out.serialize_field("Value", &Base64(&e.value))?;
+        } else {
+            out.serialize_field("Value", &())?;
+        }
+        if let Some(session) = &e.session {
+            out.serialize_field("Session", session)?;
+        }
+        out.serialize_field("CreateIndex", &e.create_index)?;
+        out.serialize_field("ModifyIndex", &e.modify_index)?;
+        out.end()
     }
-    v
+}
+
+/// Bytes as a base64 JSON string, encoded as they are written (no intermediate `String`).
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&base64::display::Base64Display::new(self.0, &STANDARD))
+    }
 }
 
 /// Parameters of a KV write.
@@ -234,14 +252,14 @@ impl Consul {
             return Ok(Reply::read_json(index, &json!(keys)));
         }
         if t.flag("recurse") {
-            let entries: Vec<Value> =
-                under(&self.state.kv, key).map(|(k, e)| entry_json(k, e, true))
+            let entries: Vec<EntryJson<'_>> = under(&self.state.kv, key)
+                .map(|(k, e)| EntryJson { key: k, entry: e, with_value: true })
                 .collect();
             let index = self.prefix_index(key);
             if entries.is_empty() {
                 return Err(ApiError::not_found_at(index));
             }
-            return Ok(Reply::read_json(index, &Value::Array(entries)));
+            return Ok(Reply::read_json(index, &entries));
         }
         if key.is_empty() {
             return Err(ApiError::bad_request("Missing key name"));
@@ -262,7 +280,8 @@ impl Consul {
                     };
                     Ok(Reply::read(index, resp))
                 } else {
-                    Ok(Reply::read_json(index, &json!([entry_json(key, e, true)])))
+                    let entry = EntryJson { key, entry: e, with_value: true };
+                    Ok(Reply::read_json(index, &[entry]))
                 }
             }
             // Consul answers a missing key with the KV table's index (writes and deletes of

@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 pub use blocking::{Changes, Watch};
 pub use request::{BadTarget, SimRequest, Target};
@@ -71,11 +71,18 @@ pub struct SimResponse {
 }
 
 impl SimResponse {
-    fn json(status: StatusCode, value: &Value) -> SimResponse {
+    fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> SimResponse {
+        // Written straight to bytes: nothing the core answers fails to serialize (string
+        // keys only), and an empty body would be the answer if it ever did.
+        SimResponse::json_bytes(status, serde_json::to_vec(value).unwrap_or_default())
+    }
+
+    /// A JSON answer already written out.
+    fn json_bytes(status: StatusCode, body: Vec<u8>) -> SimResponse {
         SimResponse {
             status,
             headers: vec![("Content-Type", "application/json".into())],
-            body: Bytes::from(value.to_string()),
+            body: Bytes::from(body),
         }
     }
 
@@ -588,11 +595,11 @@ impl Reply {
         Reply::Write(response)
     }
 
-    pub(crate) fn json(value: &Value) -> Reply {
+    pub(crate) fn json<T: Serialize + ?Sized>(value: &T) -> Reply {
         Reply::Write(SimResponse::json(StatusCode::OK, value))
     }
 
-    pub(crate) fn read_json(index: u64, value: &Value) -> Reply {
+    pub(crate) fn read_json<T: Serialize + ?Sized>(index: u64, value: &T) -> Reply {
         Reply::Read { index, response: SimResponse::json(StatusCode::OK, value) }
     }
 }

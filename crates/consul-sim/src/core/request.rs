@@ -69,6 +69,21 @@ pub(crate) fn clean_redirect(target: &str) -> Option<String> {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
+    if is_clean(path) {
+        return None;
+    }
+    let clean = go_clean(path);
+    if clean == path {
+        return None;
+    }
+    Some(match query {
+        Some(q) => format!("{clean}?{q}"),
+        None => clean,
+    })
+}
+
+/// Go's `path.Clean`, keeping a trailing slash as ServeMux does.
+fn go_clean(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for seg in path.split('/') {
         match seg {
@@ -83,13 +98,26 @@ pub(crate) fn clean_redirect(target: &str) -> Option<String> {
     if path.ends_with('/') && clean != "/" {
         clean.push('/');
     }
-    if clean == path {
-        return None;
+    clean
+}
+
+/// True when `path` is already what Go's `path.Clean` makes of it (keeping a trailing
+/// slash): rooted, no empty, `.` or `..` segment. The common case, checked without
+/// allocating.
+fn is_clean(path: &str) -> bool {
+    let mut segments = path.split('/');
+    if path.is_empty() || segments.next() != Some("") {
+        return false;
     }
-    Some(match query {
-        Some(q) => format!("{clean}?{q}"),
-        None => clean,
-    })
+    let mut segments = segments.peekable();
+    while let Some(segment) = segments.next() {
+        match segment {
+            "." | ".." => return false,
+            "" if segments.peek().is_some() => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Consul 1.8.7's handlers registered as subtrees (`/v1/kv/`) that have no handler of the
@@ -208,6 +236,8 @@ mod tests {
         assert_eq!(clean_redirect("/v1/./kv/a/"), Some("/v1/kv/a/".into()));
         assert_eq!(clean_redirect("/v1/kv/a/"), None);
         assert_eq!(clean_redirect("/v1/kv/a?x=//y"), None);
+        assert_eq!(clean_redirect("?x"), Some("/?x".into()));
+        assert_eq!(clean_redirect("/"), None);
     }
 
     #[test]
@@ -236,5 +266,13 @@ mod tests {
             assert_eq!(parsed.is_ok(), want.is_ok(), "{target}: {parsed:?}");
         }
         assert!(Target::parse("/v1/kv/%zz").unwrap_err().contains("%zz"));
+    }
+
+    proptest::proptest! {
+        /// The allocation-free check agrees with the full cleaning on every path.
+        #[test]
+        fn is_clean_agrees_with_go_clean(path in "[/.a]{0,12}") {
+            proptest::prop_assert_eq!(is_clean(&path), go_clean(&path) == path);
+        }
     }
 }

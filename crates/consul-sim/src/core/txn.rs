@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::kv::{KvEntry, Write, entry_json, under};
+use super::kv::{EntryJson, KvEntry, Write, under};
 use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind};
 
 /// Consul's `txn_max_req_len` default: the largest transaction body.
@@ -137,7 +137,7 @@ impl Consul {
                 ));
             }
         }
-        let mut results = Vec::new();
+        let mut results = TxnResults::default();
         if errors.is_empty() {
             if write {
                 self.begin_txn();
@@ -149,25 +149,33 @@ impl Consul {
             }
             self.end_txn(!errors.is_empty());
         }
-        let (status, results, errors) = if errors.is_empty() {
-            (StatusCode::OK, Value::Array(results), Value::Null)
+        // Consul's TxnResponse (TxnReadResponse for a read-only transaction), written out
+        // directly: results were serialized as each operation ran.
+        let mut body = Vec::with_capacity(results.json.len() + 128);
+        body.extend_from_slice(b"{\"Results\":");
+        let status = if errors.is_empty() {
+            body.push(b'[');
+            body.extend_from_slice(&results.json);
+            body.extend_from_slice(b"],\"Errors\":null");
+            StatusCode::OK
         } else {
-            (StatusCode::CONFLICT, Value::Null, Value::Array(errors))
+            body.extend_from_slice(b"null,\"Errors\":");
+            body.extend_from_slice(&serde_json::to_vec(&errors).unwrap_or_default());
+            StatusCode::CONFLICT
         };
         if write {
-            let body = json!({"Results": results, "Errors": errors});
-            return Ok(Reply::write(SimResponse::json(status, &body)));
+            body.push(b'}');
+            return Ok(Reply::write(SimResponse::json_bytes(status, body)));
         }
-        let body = json!({
-            "Results": results,
-            "Errors": errors,
-            "Index": 0,
-            "LastContact": 0,
-            "KnownLeader": !self.leader_lost,
-            "ConsistencyLevel": "",
-        });
-        let mut resp = SimResponse::json(status, &body);
-        resp.headers.push(("X-Consul-KnownLeader", (!self.leader_lost).to_string()));
+        let known_leader = !self.leader_lost;
+        body.extend_from_slice(
+            format!(
+                ",\"Index\":0,\"LastContact\":0,\"KnownLeader\":{known_leader},\"ConsistencyLevel\":\"\"}}"
+            )
+            .as_bytes(),
+        );
+        let mut resp = SimResponse::json_bytes(status, body);
+        resp.headers.push(("X-Consul-KnownLeader", known_leader.to_string()));
         resp.headers.push(("X-Consul-LastContact", "0".into()));
         Ok(Reply::write(resp))
     }
@@ -176,12 +184,12 @@ impl Consul {
         &mut self,
         now: SimTime,
         op: &TxnOp,
-        results: &mut Vec<Value>,
+        results: &mut TxnResults,
     ) -> Result<(), String> {
         let key = op.key.as_str();
-        let push = |c: &Consul, results: &mut Vec<Value>, with_value: bool| {
+        let push = |c: &Consul, results: &mut TxnResults, with_value: bool| {
             if let Some(e) = c.state.kv.get(key) {
-                results.push(json!({"KV": entry_json(key, e, with_value)}));
+                results.push(EntryJson { key, entry: e, with_value });
             }
         };
         match op.verb.as_str() {
@@ -228,7 +236,7 @@ impl Consul {
             },
             "get-tree" => {
                 for (k, e) in under(&self.state.kv, key) {
-                    results.push(json!({"KV": entry_json(k, e, true)}));
+                    results.push(EntryJson { key: k, entry: e, with_value: true });
                 }
                 Ok(())
             }
@@ -281,6 +289,30 @@ impl Consul {
 
 fn txn_error(i: usize, what: &str) -> Value {
     json!({"OpIndex": i, "What": what})
+}
+
+/// The results of a transaction's operations, each `{"KV": entry}` serialized as the
+/// operation runs (the entry as it was then), joined by commas.
+#[derive(Default)]
+struct TxnResults {
+    json: Vec<u8>,
+}
+
+impl TxnResults {
+    fn push(&mut self, entry: EntryJson<'_>) {
+        #[derive(serde::Serialize)]
+        struct Kv<'a> {
+            #[serde(rename = "KV")]
+            kv: EntryJson<'a>,
+        }
+        if self.json.is_empty() {
+            self.json.reserve(256);
+        } else {
+            self.json.push(b',');
+        }
+        // Writing to a Vec cannot fail, and an entry always serializes.
+        let _ = serde_json::to_writer(&mut self.json, &Kv { kv: entry });
+    }
 }
 
 /// One parsed transaction operation.
