@@ -1,7 +1,7 @@
 //! The workspace's own tasks, run as `cargo xtask <task>`:
 //!
 //! - `ci`: what CI runs after the tests, in order, stopping at the first failure: lint,
-//!   conformance, compat, docs, layering, licences;
+//!   conformance, compat, lua, docs, layering, licences;
 //! - `test`: the whole test suite (the README's test command);
 //! - `lint`: formatting, clippy and the tidy checks only;
 //! - `layers`: the layering check alone;
@@ -84,6 +84,8 @@ fn ci() -> Result {
     conformance()?;
     // py-consul's own suite: the sim must pass every test real Consul 1.8.7 passes.
     compat::run()?;
+    // The C ABI (header up to date, C test under ASan) and the LuaJIT module.
+    lua::run(&root())?;
     step("docs", {
         let mut c = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
         c.env("RUSTDOCFLAGS", "-D warnings");

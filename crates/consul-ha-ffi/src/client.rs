@@ -36,7 +36,7 @@ impl Handle for ConsulHaClient {
 
 impl Drop for ConsulHaClient {
     fn drop(&mut self) {
-        for (_, task) in self.jobs.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+        for (_, task) in self.jobs.lock().running.drain() {
             task.abort();
         }
     }
@@ -46,10 +46,22 @@ impl Drop for ConsulHaClient {
 /// holds one byte per finished, unpolled call.
 struct Jobs {
     next: AtomicU64,
-    tasks: Mutex<HashMap<u64, tokio::task::JoinHandle<()>>>,
-    done: Mutex<HashMap<u64, Outcome<Reply>>>,
+    /// One lock for both maps, so a call is always in exactly one of them.
+    state: Mutex<JobState>,
     reader: Mutex<std::io::PipeReader>,
     writer: Mutex<std::io::PipeWriter>,
+}
+
+#[derive(Default)]
+struct JobState {
+    running: HashMap<u64, tokio::task::JoinHandle<()>>,
+    done: HashMap<u64, Outcome<Reply>>,
+}
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A timeout argument in milliseconds: 0 means the handle's default.
@@ -86,8 +98,7 @@ pub unsafe extern "C" fn consul_ha_client_new(
             .map_err(|e| Failure::new(ConsulHaStatus::Internal, format!("pipe: {e}")))?;
         let jobs = Arc::new(Jobs {
             next: AtomicU64::new(1),
-            tasks: Mutex::default(),
-            done: Mutex::default(),
+            state: Mutex::default(),
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
         });
@@ -401,7 +412,7 @@ pub unsafe extern "C" fn consul_ha_client_submit(
         let jobs = c.jobs.clone();
         let (client, timeout, what) = (c.client.clone(), c.timeout, op.name());
         let rt = runtime()?;
-        let mut tasks = c.jobs.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = c.jobs.lock();
         let task = rt.spawn(async move {
             let outcome = match tokio::time::timeout(timeout, op.run(client)).await {
                 Ok(o) => o,
@@ -413,10 +424,11 @@ pub unsafe extern "C" fn consul_ha_client_submit(
             // The byte first: a reader that sees it readable and polls too early gets
             // PENDING and the byte stays until the result is taken.
             let _ = jobs.writer.lock().unwrap_or_else(|p| p.into_inner()).write_all(&[1]);
-            jobs.done.lock().unwrap_or_else(|p| p.into_inner()).insert(ticket, outcome);
-            jobs.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&ticket);
+            let mut state = jobs.lock();
+            state.running.remove(&ticket);
+            state.done.insert(ticket, outcome);
         });
-        tasks.insert(ticket, task);
+        state.running.insert(ticket, task);
         *ticket_out = ticket;
         Ok(ConsulHaStatus::Ok)
     })
@@ -439,15 +451,16 @@ pub unsafe extern "C" fn consul_ha_client_poll(
 ) -> ConsulHaStatus {
     on_handle(client, |c| {
         *out_arg(result_out, "result_out")? = std::ptr::null_mut();
-        let taken = c.jobs.done.lock().unwrap_or_else(|p| p.into_inner()).remove(&ticket);
+        let mut state = c.jobs.lock();
+        let taken = state.done.remove(&ticket);
         let Some(outcome) = taken else {
-            let running = c.jobs.tasks.lock().unwrap_or_else(|p| p.into_inner());
-            return if running.contains_key(&ticket) {
+            return if state.running.contains_key(&ticket) {
                 Ok(ConsulHaStatus::Pending)
             } else {
                 Err(Failure::invalid(format!("ticket {ticket} is not pending on this client")))
             };
         };
+        drop(state);
         // Its byte was written before the result was stored, so this read cannot block.
         let mut byte = [0u8; 1];
         let _ = c.jobs.reader.lock().unwrap_or_else(|p| p.into_inner()).read_exact(&mut byte);

@@ -10,7 +10,7 @@
 //!   pointers and strings that are not UTF-8 are failures, never crashes; no Rust panic
 //!   crosses the boundary (each entry point runs behind `catch_unwind`).
 //! - Memory the library returns (values, JSON, ids, messages) is freed with
-//!   [`consul_ha_free`](boundary::consul_ha_free).
+//!   [`consul_ha_free`].
 //! - A background tokio runtime owns all I/O. Blocking calls take a timeout in ms (0: the
 //!   handle's default) and cancel the call when it runs out. An event loop that must not
 //!   block submits instead and polls:
@@ -29,7 +29,7 @@
 //!
 //! With `simulate`, handles talk to one embedded sim per process (consul-sim, session
 //! TTLs from 1 s), so several cluster members in one process see each other.
-//! [`consul_ha_shutdown`](runtime::consul_ha_shutdown) stops the runtime before exit.
+//! [`consul_ha_shutdown`] stops the runtime before exit.
 
 mod boundary;
 mod client;
