@@ -12,7 +12,13 @@
 --
 -- Blocking calls wait at most `timeout` seconds (default 10). In an event loop that must
 -- not block (OpenResty), use `client:submit(op, ...)` and `client:wait(ticket, sleep)`,
--- or poll `client:poll(ticket)` when `client:fd()` is readable.
+-- or poll `client:poll(ticket)` when `client:fd()` is readable. In OpenResty:
+--
+--   local client = consul_ha.ConsulClient:new({ consul_url = "http://127.0.0.1:8500" })
+--   local ticket, err = client:submit("kv_get", "app/config")
+--   if not ticket then return ngx.say("error: ", err) end
+--   local value, err = client:wait(ticket, ngx.sleep)   -- yields to nginx between polls
+--   ngx.say(value or err or "absent")
 
 local ffi = require("ffi")
 

@@ -280,6 +280,29 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_becomes_a_status_and_a_message_in_the_handle() {
+        struct H(ErrorSlot);
+        impl Handle for H {
+            fn error(&self) -> &ErrorSlot {
+                &self.0
+            }
+        }
+        let h = H(ErrorSlot::default());
+        let status = on_handle(&h, |_| -> Outcome<ConsulHaStatus> { panic!("boom") });
+        assert_eq!(status, ConsulHaStatus::Internal);
+        // SAFETY: the slot's string is valid until the handle's next call.
+        let msg = unsafe { CStr::from_ptr(h.0.as_ptr()) }.to_str().unwrap().to_string();
+        assert_eq!(msg, "internal error: boom");
+        assert_eq!(on_handle(&h, |_| Ok(ConsulHaStatus::Ok)), ConsulHaStatus::Ok);
+        // SAFETY: as above.
+        assert_eq!(unsafe { CStr::from_ptr(h.0.as_ptr()) }.to_bytes(), b"");
+        assert_eq!(
+            on_handle(std::ptr::null::<H>(), |_| Ok(ConsulHaStatus::Ok)),
+            ConsulHaStatus::NullArgument
+        );
+    }
+
+    #[test]
     fn bad_strings_are_named() {
         let bad = [0xffu8, 0];
         let e = str_arg(bad.as_ptr() as *const c_char, "key").unwrap_err();

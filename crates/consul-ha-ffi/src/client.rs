@@ -454,10 +454,17 @@ pub unsafe extern "C" fn consul_ha_client_poll(
         let mut state = c.jobs.lock();
         let taken = state.done.remove(&ticket);
         let Some(outcome) = taken else {
-            return if state.running.contains_key(&ticket) {
-                Ok(ConsulHaStatus::Pending)
-            } else {
-                Err(Failure::invalid(format!("ticket {ticket} is not pending on this client")))
+            let finished = state.running.get(&ticket).map(|t| t.is_finished());
+            return match finished {
+                Some(false) => Ok(ConsulHaStatus::Pending),
+                // A task leaves `running` itself when it ends normally, so this one panicked.
+                Some(true) => {
+                    state.running.remove(&ticket);
+                    Err(Failure::new(ConsulHaStatus::Internal, "internal error: the call panicked"))
+                }
+                None => {
+                    Err(Failure::invalid(format!("ticket {ticket} is not pending on this client")))
+                }
             };
         };
         drop(state);
