@@ -194,6 +194,8 @@ test("ConsulHACluster bad arguments", function()
     fails("bad address", "node_address", ConsulHACluster:new({ node_id = "a", node_address = "nohost", simulate = true }))
     fails("heartbeat a string", "heartbeat_interval", ConsulHACluster:new({ node_id = "a", node_address = "h:1", heartbeat_interval = "1" }))
     fails("options a number", "must be a table", ConsulHACluster:new(5))
+    fails("huge node_id", "node_id", ConsulHACluster:new({ node_id = string.rep("n", 1024 * 1024), node_address = "h:1", simulate = true }))
+    fails("huge service", "service", ConsulHACluster:new({ service = string.rep("s", 1024 * 1024), node_id = "a", node_address = "h:1", simulate = true }))
     local c = ConsulHACluster:new({ node_id = "idle", node_address = "h:1", simulate = true })
     check(c ~= nil, "made")
     fails("not started: is_leader", "not started", c:is_leader())
@@ -318,6 +320,14 @@ test("ProductionManager route health", function()
         return h and h.healthy == 8
     end)
     check(#h.nodes == 3, "three nodes in health")
+    local leaders = 0
+    for _, pm in ipairs(ms) do
+        if pm:is_leader() then leaders = leaders + 1 end
+        check(#pm:get_nodes() == 3, "three members from each manager")
+    end
+    check(leaders == 1, "one leader among the managers")
+    local li = ms[3]:get_leader_info()
+    check(li and li.node_id:match("^p%d$"), "the managers' leader")
     fails("route nil", "key must be a string", ms[1]:route(nil))
     fails("shards zero", "shards", consul_ha.ProductionManager:new({ shards = 0, node_id = "x", node_address = "h:1" }))
     for _, pm in ipairs(ms) do check(pm:stop() == true, "stop") end
