@@ -3,6 +3,10 @@
 -- a leader and fails over. Run by `cargo xtask lua` (CONSUL_HA_LIB, LUA_PATH set there):
 --   luajit test/run.lua
 -- Exits non-zero on the first failure; every wait is bounded.
+--
+-- With CONSUL_URL set, the same tests run against that agent instead of the embedded sim
+-- (`cargo xtask lua` runs them on the sim in-process, on `consul-ha agent -dev` and on a
+-- real Consul 1.8.7 dev agent, both with session_ttl_min 1s for the failover test).
 
 local ffi = require("ffi")
 local consul_ha = require("consul_ha")
@@ -61,6 +65,11 @@ end
 local ConsulClient = consul_ha.ConsulClient
 local ConsulHACluster = consul_ha.ConsulHACluster
 
+-- Where the tests run: an agent at CONSUL_URL, or the embedded sim.
+local URL = os.getenv("CONSUL_URL")
+local SIMULATE = URL == nil
+io.write("backend: " .. (URL or "embedded sim") .. "\n")
+
 test("abi version", function()
     check(consul_ha.ABI_VERSION == 1, "ABI 1")
 end)
@@ -68,8 +77,8 @@ end)
 local client
 
 test("ConsulClient:new", function()
-    client = ConsulClient:new({ simulate = true, timeout = 5 })
-    check(client ~= nil, "a simulated client")
+    client = ConsulClient:new({ consul_url = URL, simulate = SIMULATE, timeout = 5 })
+    check(client ~= nil, "a client")
     fails("options not a table", "must be a table", ConsulClient:new("x"))
     fails("timeout a string", "timeout must be a number", ConsulClient:new({ timeout = "5" }))
     fails("timeout negative", "not in", ConsulClient:new({ timeout = -1 }))
@@ -118,15 +127,18 @@ end)
 test("register discover deregister", function()
     local id = client:register_service("lua-web", "10.1.0.5", 8080, { "primary", "v1" })
     check(id == "lua-web-10.1.0.5-8080", "the id: " .. tostring(id))
-    local list = client:discover_service("lua-web")
-    check(type(list) == "table" and #list == 1, "one instance")
+    local list
+    wait_until(5, "one instance", function()
+        list = client:discover_service("lua-web")
+        return type(list) == "table" and #list == 1
+    end)
     check(list[1].address == "10.1.0.5" and list[1].port == 8080, "address and port")
     check(list[1].tags[1] == "primary" and list[1].tags[2] == "v1", "tags")
     check(client:register_service("lua-web", "10.1.0.6", 8080) ~= nil, "no tags")
-    check(#client:discover_service("lua-web") == 2, "two instances")
+    wait_until(5, "two instances", function() return #client:discover_service("lua-web") == 2 end)
     check(client:deregister_service(id) == true, "deregister")
     check(client:deregister_service("lua-web-10.1.0.6-8080") == true, "deregister the other")
-    check(#client:discover_service("lua-web") == 0, "none left")
+    wait_until(5, "none left", function() return #client:discover_service("lua-web") == 0 end)
     fails("port a string", "port must be a number", client:register_service("s", "a", "80"))
     fails("port too big", "not in", client:register_service("s", "a", 70000))
     fails("port fractional", "whole", client:register_service("s", "a", 80.5))
@@ -196,7 +208,7 @@ test("ConsulHACluster bad arguments", function()
     fails("options a number", "must be a table", ConsulHACluster:new(5))
     fails("huge node_id", "node_id", ConsulHACluster:new({ node_id = string.rep("n", 1024 * 1024), node_address = "h:1", simulate = true }))
     fails("huge service", "service", ConsulHACluster:new({ service = string.rep("s", 1024 * 1024), node_id = "a", node_address = "h:1", simulate = true }))
-    local c = ConsulHACluster:new({ node_id = "idle", node_address = "h:1", simulate = true })
+    local c = ConsulHACluster:new({ node_id = "idle", node_address = "h:1", consul_url = URL, simulate = SIMULATE })
     check(c ~= nil, "made")
     fails("not started: is_leader", "not started", c:is_leader())
     fails("not started: stop", "not started", c:stop())
@@ -207,7 +219,8 @@ end)
 
 local function member(id, i)
     local c, err = ConsulHACluster:new({
-        simulate = true,
+        consul_url = URL,
+        simulate = SIMULATE,
         service = "lua-test",
         node_id = id,
         node_address = "10.0.0." .. i .. ":7000",
@@ -298,7 +311,7 @@ test("ProductionManager route health", function()
     local ms = {}
     for i = 1, 3 do
         local pm, err = consul_ha.ProductionManager:new({
-            simulate = true, service = "lua-prod", node_id = "p" .. i,
+            consul_url = URL, simulate = SIMULATE, service = "lua-prod", node_id = "p" .. i,
             node_address = "10.2.0." .. i .. ":7000", heartbeat_interval = 0.2,
             session_ttl = 1, lock_delay = 0.2, shards = 8, replicas = 2, copy_time = 0.1,
         })

@@ -8,9 +8,11 @@
 //!    memory error fails;
 //! 4. installs LuaJIT (Debian bookworm's `luajit` and `libluajit-5.1-2`) into
 //!    `target/luajit/` unless `luajit` is on the PATH, as `cargo xtask consul` does;
-//! 5. runs `lua/test/run.lua` (every function, bad arguments, a three-node failover on the
-//!    embedded sim), `lua/examples/simulation.lua`, and `lua/examples/production.lua`
-//!    against a `consul-ha agent -dev` it starts on a free port and stops.
+//! 5. runs `lua/test/run.lua` (every function, bad arguments, a three-node failover) on the
+//!    embedded sim, `lua/examples/simulation.lua`, then the tests again against a
+//!    `consul-ha agent -dev` and a real Consul 1.8.7 dev agent (installed as `cargo xtask
+//!    consul` does), both started on free ports with `session_ttl_min` 1 s and stopped,
+//!    and `lua/examples/production.lua` against the first.
 //!
 //! Every process it starts is bounded by a timeout.
 
@@ -114,11 +116,16 @@ pub(crate) fn run(root: &Path) -> Result<(), String> {
     };
     lua("test/run.lua", &[], 120)?;
     lua("examples/simulation.lua", &[], 60)?;
-    let agent = DevAgent::start(&lib_dir.join("consul-ha"))?;
-    let url = agent.url.clone();
-    let outcome = lua("examples/production.lua", &[("CONSUL_URL", url)], 60);
-    drop(agent);
-    outcome?;
+    // The same tests over HTTP: the sim's server, then real Consul, the arbiter.
+    let bin = lib_dir.join("consul-ha");
+    let sim = Agent::sim_http(&bin)?;
+    lua("test/run.lua", &[("CONSUL_URL", sim.url.clone())], 120)?;
+    lua("examples/production.lua", &[("CONSUL_URL", sim.url.clone())], 60)?;
+    drop(sim);
+    let consul = crate::consul::ensure(root)?;
+    let real = Agent::real_consul(&consul)?;
+    lua("test/run.lua", &[("CONSUL_URL", real.url.clone())], 120)?;
+    drop(real);
     println!("xtask lua: C test, LuaJIT tests and both examples passed");
     Ok(())
 }
@@ -218,38 +225,80 @@ fn bounded(mut cmd: Command, limit: Duration, what: &str) -> Result<(), String> 
     }
 }
 
-/// A `consul-ha agent -dev` on a free port, killed when dropped.
-struct DevAgent {
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// An agent process on free ports, killed (by its own pid) when dropped.
+struct Agent {
     child: std::process::Child,
     url: String,
 }
 
-impl DevAgent {
-    fn start(bin: &Path) -> Result<DevAgent, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args(["agent", "-dev", "--http-addr", &addr])
+impl Agent {
+    /// `consul-ha agent -dev`.
+    fn sim_http(bin: &Path) -> Result<Agent, String> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = Command::new(bin);
+        cmd.args(["agent", "-dev", "--http-addr", &addr, "--session-ttl-min", "1s"]);
+        Agent::start(cmd, &addr, "consul-ha agent -dev")
+    }
+
+    /// A real Consul dev agent.
+    fn real_consul(bin: &Path) -> Result<Agent, String> {
+        let http = free_port()?;
+        let hcl = format!(
+            "session_ttl_min = \"1s\"\nports {{ http = {http}, dns = -1, grpc = -1, serf_lan = {}, serf_wan = {}, server = {} }}",
+            free_port()?,
+            free_port()?,
+            free_port()?
+        );
+        let mut cmd = Command::new(bin);
+        cmd.args(["agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1"])
+            .args(["-node", "lua-test", "-hcl", &hcl]);
+        Agent::start(cmd, &format!("127.0.0.1:{http}"), "consul agent -dev")
+    }
+
+    /// Starts `cmd` and waits until the agent at `addr` names a raft leader.
+    fn start(mut cmd: Command, addr: &str, what: &str) -> Result<Agent, String> {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("{}: {e}", bin.display()))?;
-        let agent = DevAgent { child, url: format!("http://{addr}") };
+            .map_err(|e| format!("{what}: {e}"))?;
+        let agent = Agent { child, url: format!("http://{addr}") };
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            if t0.elapsed() > Duration::from_secs(20) {
-                return Err(format!("consul-ha agent -dev did not listen on {addr}"));
+        while !has_leader(addr) {
+            if t0.elapsed() > Duration::from_secs(30) {
+                return Err(format!("{what} on {addr} had no leader within 30 s"));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
         }
         Ok(agent)
     }
 }
 
-impl Drop for DevAgent {
+/// Whether `GET /v1/status/leader` at `addr` names a leader.
+fn has_leader(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req =
+        format!("GET /v1/status/leader HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    // A leader is a quoted, non-empty address; before the election the body is `""`.
+    let leader = body.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    body.starts_with("HTTP/1.1 200") && leader.len() > 2 && leader.starts_with('"')
+}
+
+impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
