@@ -54,6 +54,9 @@ impl Failure {
 
 pub(crate) type Outcome<T> = Result<T, Failure>;
 
+/// Longest message kept in a handle, in bytes.
+const MAX_MESSAGE: usize = 4096;
+
 /// The last error of one handle, as a C string that stays valid until the next call on
 /// the same handle.
 #[derive(Debug, Default)]
@@ -61,7 +64,14 @@ pub(crate) struct ErrorSlot(Mutex<CString>);
 
 impl ErrorSlot {
     fn set(&self, message: &str) {
-        let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+        // Messages may quote the request (a 2 MiB key, say); the first few KiB say enough.
+        let mut end = message.len().min(MAX_MESSAGE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = if end < message.len() { "…" } else { "" };
+        let text = format!("{}{cut}", &message[..end]).replace('\0', "\\0");
+        let text = CString::new(text).unwrap_or_default();
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = text;
     }
 
@@ -300,6 +310,15 @@ mod tests {
             on_handle(std::ptr::null::<H>(), |_| Ok(ConsulHaStatus::Ok)),
             ConsulHaStatus::NullArgument
         );
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_char_boundary() {
+        let slot = ErrorSlot::default();
+        slot.set(&"é".repeat(5000));
+        // SAFETY: the slot's string is valid until it is set again.
+        let text = unsafe { CStr::from_ptr(slot.as_ptr()) }.to_str().unwrap().to_string();
+        assert!(text.ends_with('…') && text.len() <= MAX_MESSAGE + 3, "{}", text.len());
     }
 
     #[test]
