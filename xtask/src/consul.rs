@@ -1,13 +1,14 @@
 //! `cargo xtask consul`: installs the reference Consul (1.8.7, Debian bullseye's package
 //! `consul=1.8.7+dfsg1-2+b3`, MPL-2.0) into `target/consul/` once, and prints the binary's path.
 //!
-//! It asks the machine's configured Debian mirror for bullseye through a temporary apt
-//! configuration of its own (nothing under /etc changes), downloads the package with
-//! `apt-get download` and unpacks it with `dpkg -x`. Where that fails, it unpacks the copy of
+//! It downloads the package from bullseye with `apt::download` (a temporary apt
+//! configuration of its own; nothing under /etc changes) and unpacks it with `dpkg -x`. Where that fails, it unpacks the copy of
 //! the same `.deb` in `../shared/vendor/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::apt;
 
 /// The package the whole project measures against.
 const PACKAGE: &str = "consul=1.8.7+dfsg1-2+b3";
@@ -51,7 +52,7 @@ pub(crate) fn ensure(root: &Path) -> Result<PathBuf, String> {
     };
     let dest = root.join("target/consul");
     let _ = std::fs::remove_dir_all(&dest);
-    run_cmd(Command::new("dpkg").arg("-x").arg(&deb).arg(&dest), "dpkg -x")?;
+    apt::unpack(&deb, &dest)?;
     if !version_ok(&bin) {
         return Err(format!("{} does not report {VERSION_LINE}", bin.display()));
     }
@@ -65,64 +66,13 @@ fn version_ok(bin: &Path) -> bool {
     })
 }
 
-/// The machine's Debian mirror, from its apt sources; Debian's own as the fallback.
-fn mirror() -> String {
-    let deb822 =
-        std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
-    let from_deb822 = deb822
-        .lines()
-        .filter_map(|l| l.strip_prefix("URIs:"))
-        .flat_map(str::split_whitespace)
-        .find(|u| u.ends_with("/debian") || u.ends_with("/debian/"));
-    let classic = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    let from_classic = classic
-        .lines()
-        .filter(|l| l.starts_with("deb "))
-        .flat_map(str::split_whitespace)
-        .find(|u| u.starts_with("http") && (u.ends_with("/debian") || u.ends_with("/debian/")));
-    from_deb822.or(from_classic).unwrap_or("http://deb.debian.org/debian").to_string()
-}
-
 /// `apt-get download` through a throwaway apt configuration that knows only bullseye.
 fn download(work: &Path) -> Result<PathBuf, String> {
-    let lists = work.join("lists");
-    let cache = work.join("cache");
-    std::fs::create_dir_all(lists.join("partial")).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(cache.join("archives/partial")).map_err(|e| e.to_string())?;
-    let sources = work.join("sources.list");
-    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
-    std::fs::write(&sources, format!("deb [signed-by={keyring}] {} bullseye main\n", mirror()))
-        .map_err(|e| e.to_string())?;
-    let apt = |verb: &[&str]| {
-        let mut c = Command::new("apt-get");
-        c.current_dir(work)
-            .arg("-q")
-            .arg("-o")
-            .arg(format!("Dir::Etc::SourceList={}", sources.display()))
-            .args(["-o", "Dir::Etc::SourceParts=/dev/null"])
-            .arg("-o")
-            .arg(format!("Dir::State::Lists={}", lists.display()))
-            .arg("-o")
-            .arg(format!("Dir::Cache={}", cache.display()))
-            .args(["-o", "APT::Sandbox::User=root"])
-            .args(verb);
-        c
-    };
-    run_cmd(&mut apt(&["update"]), "apt-get update (bullseye)")?;
-    run_cmd(&mut apt(&["download", PACKAGE]), "apt-get download")?;
-    let deb = work.join(DEB_NAME);
-    if deb.exists() { Ok(deb) } else { Err(format!("{} did not appear", deb.display())) }
-}
-
-fn run_cmd(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if out.status.success() {
-        Ok(())
+    let mut debs = apt::download(work, "bullseye", &[PACKAGE])?;
+    let deb = debs.pop().ok_or("no .deb")?;
+    if deb.file_name().is_some_and(|f| f == DEB_NAME) {
+        Ok(deb)
     } else {
-        Err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("{} is not {DEB_NAME}", deb.display()))
     }
 }

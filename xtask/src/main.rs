@@ -1,7 +1,7 @@
 //! The workspace's own tasks, run as `cargo xtask <task>`:
 //!
 //! - `ci`: what CI runs after the tests, in order, stopping at the first failure: lint,
-//!   conformance, compat, docs, layering, licences;
+//!   conformance, compat, lua, docs, layering, licences;
 //! - `test`: the whole test suite (the README's test command);
 //! - `lint`: formatting, clippy and the tidy checks only;
 //! - `layers`: the layering check alone;
@@ -10,16 +10,21 @@
 //!   Consul) and the randomized differential test, ending with one summary line;
 //! - `compat`: py-consul 1.8.0's own tests against the sim and real Consul (see `compat.rs`);
 //! - `loadtest`: the sim's HTTP server and a real Consul under the same wrk load, side by side;
-//! - `bench-report`: a table of the last criterion run, each peer as a ratio ours / peer.
+//! - `bench-report`: a table of the last criterion run, each peer as a ratio ours / peer;
+//! - `lua`: the C ABI and the LuaJIT module: header up to date, the C test under ASan, the
+//!   LuaJIT tests and both Lua examples (see `lua.rs`);
+//! - `header`: rewrites `include/consul_ha.h` with cbindgen.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use serde_json::Value;
 
+mod apt;
 mod compat;
 mod consul;
 mod loadtest;
+mod lua;
 mod real_cluster;
 
 /// Each crate of ours and its layer: a crate may depend only on crates of a lower layer.
@@ -30,6 +35,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("ha-cluster", 2),
     ("prod-config", 3),
     ("consul-ha", 4),
+    ("consul-ha-ffi", 4),
 ];
 
 /// Library crates: no `println!` in their non-test code.
@@ -52,9 +58,11 @@ fn main() -> ExitCode {
         "compat" => compat::run(),
         "loadtest" => loadtest::run(&root()),
         "real-cluster" => real_cluster::run(&root()),
+        "lua" => lua::run(&root()),
+        "header" => lua::write_header(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|compat|real-cluster|loadtest|bench-report>"
+                "usage: cargo xtask <ci|test|lint|layers|tidy|consul|conformance|compat|real-cluster|loadtest|bench-report|lua|header>"
             );
             return ExitCode::from(2);
         }
@@ -76,6 +84,8 @@ fn ci() -> Result {
     conformance()?;
     // py-consul's own suite: the sim must pass every test real Consul 1.8.7 passes.
     compat::run()?;
+    // The C ABI (header up to date, C test under ASan) and the LuaJIT module.
+    lua::run(&root())?;
     step("docs", {
         let mut c = cargo(&["doc", "--workspace", "--no-deps", "--all-features"]);
         c.env("RUSTDOCFLAGS", "-D warnings");
