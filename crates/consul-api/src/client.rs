@@ -198,11 +198,11 @@ impl ClientBuilder {
         self
     }
 
-    /// A file holding the ACL token, read (and trimmed) when the client is built; an
-    /// empty file leaves the token as it was, as in Go. Replaces a token set before.
+    /// A file holding the ACL token, read (and trimmed) when the client is built. As in
+    /// Go, its content wins over [`token`](Self::token) when it has any; an empty file
+    /// leaves that token in force.
     pub fn token_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.token_file = Some(path.into());
-        self.token = None;
         self
     }
 

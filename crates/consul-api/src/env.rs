@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `CONSUL_HTTP_ADDR` | `host:port`, `http://host:port`, `https://host:port` or `unix:///path` (default `127.0.0.1:8500`) |
 //! | `CONSUL_HTTP_TOKEN` | ACL token sent as `X-Consul-Token` |
-//! | `CONSUL_HTTP_TOKEN_FILE` | file holding the token (trimmed); wins over `CONSUL_HTTP_TOKEN` when not empty, as in Go |
+//! | `CONSUL_HTTP_TOKEN_FILE` | file holding the token (trimmed); wins over `CONSUL_HTTP_TOKEN` unless empty, as in Go |
 //! | `CONSUL_HTTP_AUTH` | HTTP basic auth, `user:password` or `user` |
 //! | `CONSUL_HTTP_SSL` | `true`: https even for a `host:port` or `http://` address |
 //! | `CONSUL_HTTP_SSL_VERIFY` | `false`: accept any server certificate |
@@ -32,11 +32,13 @@ pub(crate) fn apply(
             .map_err(|e| Error::config(format!("CONSUL_HTTP_ADDR: {}", e.message())))?;
         b = b.address(addr);
     }
-    // Go: the token file, read when the client is made, wins over the token.
+    // Go: the token file, read when the client is made, wins over the token when it is
+    // not empty.
+    if let Some(token) = var("CONSUL_HTTP_TOKEN") {
+        b = b.token(token);
+    }
     if let Some(file) = var("CONSUL_HTTP_TOKEN_FILE") {
         b = b.token_file(file);
-    } else if let Some(token) = var("CONSUL_HTTP_TOKEN") {
-        b = b.token(token);
     }
     if let Some(auth) = var("CONSUL_HTTP_AUTH") {
         b = b.basic_auth(BasicAuth::parse(&auth));

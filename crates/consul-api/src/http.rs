@@ -320,19 +320,16 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// configuration problem, not a transient one: retrying cannot fix it.
 #[cfg(feature = "tls")]
 fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(e) = cur {
-        if e.is::<rustls::Error>() {
-            return true;
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            return true;
-        }
-        cur = e.source();
+    if e.is::<rustls::Error>() {
+        return true;
     }
-    false
+    // io::Error's `source` skips the error it wraps: look inside it too.
+    if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+        && is_tls_failure(inner)
+    {
+        return true;
+    }
+    e.source().is_some_and(is_tls_failure)
 }
 
 #[cfg(not(feature = "tls"))]

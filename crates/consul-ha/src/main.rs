@@ -100,16 +100,34 @@ pub(crate) struct AgentArgs {
     /// failover tests.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub(crate) session_ttl_min: Duration,
+    /// Serve HTTPS with this PEM certificate (chain) instead of HTTP (Consul's
+    /// `cert_file` with `ports { https = … }`); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (Consul's `key_file`).
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// PEM file of the CA client certificates must be signed by (Consul's `ca_file`).
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Refuse, at the TLS handshake, a client without a certificate signed by --tls-ca
+    /// (Consul's `verify_incoming_https`).
+    #[arg(long, requires = "tls_ca")]
+    pub(crate) verify_incoming: bool,
 }
 
-/// How to reach Consul.
+/// How to reach Consul: Consul's client environment (`CONSUL_HTTP_ADDR`,
+/// `CONSUL_HTTP_TOKEN[_FILE]`, `CONSUL_HTTP_SSL[_VERIFY]`, `CONSUL_CACERT`, `CONSUL_CAPATH`,
+/// `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME`, `CONSUL_HTTP_AUTH`),
+/// which these flags override.
 #[derive(Debug, Args)]
 pub(crate) struct ConsulArgs {
-    /// Consul's HTTP address (`host:port` or a URL).
-    #[arg(long, env = "CONSUL_HTTP_ADDR", default_value = "127.0.0.1:8500")]
-    pub(crate) http_addr: String,
-    /// ACL token.
-    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    /// Consul's HTTP address: `host:port`, `http://…`, `https://…` or `unix:///path`
+    /// [default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500].
+    #[arg(long)]
+    pub(crate) http_addr: Option<String>,
+    /// ACL token [default: CONSUL_HTTP_TOKEN_FILE's content, else CONSUL_HTTP_TOKEN].
+    #[arg(long)]
     pub(crate) token: Option<String>,
     /// The service (cluster) name.
     #[arg(long, default_value = "consul-ha")]

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul_api::{Client, QueryOptions};
-use consul_sim::{ServeOptions, Sim, SimConfig};
+use consul_api::{Client, ClientBuilder, QueryOptions};
+use consul_sim::{ServeOptions, Sim, SimConfig, TlsConfig};
 use futures_util::StreamExt;
 use ha_cluster::{Cluster, ClusterConfig, Health};
 use prod_config::{RoutingTable, ShardConfig, ShardManager, ShardManagerOptions, health_of};
@@ -62,6 +62,13 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
         fault_injection: args.enable_fault_injection,
         header_read_timeout: Some(args.http_read_header_timeout).filter(|d| !d.is_zero()),
         max_conns_per_client: args.http_max_conns_per_client,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                TlsConfig::from_pem_files(cert, key, args.tls_ca.as_deref(), args.verify_incoming)
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        },
     };
     let server =
         sim.serve_with(addr, options).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -95,23 +102,25 @@ fn os_seed() -> u64 {
     h.finish()
 }
 
-/// A client for `args`, checked to reach Consul.
+/// A client for `args`: Consul's client environment, overridden by the flags; checked to
+/// reach Consul.
 async fn connect(args: &ConsulArgs) -> Result<Client, String> {
-    let mut b = Client::builder().address(args.http_addr.clone());
+    let mut b = ClientBuilder::from_env().map_err(|e| e.to_string())?;
+    let addr = match &args.http_addr {
+        Some(addr) => {
+            b = b.address(addr.clone());
+            addr.clone()
+        }
+        None => std::env::var("CONSUL_HTTP_ADDR")
+            .ok()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "127.0.0.1:8500".into()),
+    };
     if let Some(t) = &args.token {
         b = b.token(t.clone());
     }
-    if let Ok(ca) = std::env::var("CONSUL_CACERT")
-        && !ca.is_empty()
-    {
-        b = b.ca_cert(ca);
-    }
-    let client = b.build().map_err(|e| format!("--http-addr {:?}: {e}", args.http_addr))?;
-    client
-        .status()
-        .leader()
-        .await
-        .map_err(|e| format!("cannot reach Consul at {}: {e}", args.http_addr))?;
+    let client = b.build().map_err(|e| format!("{addr}: {e}"))?;
+    client.status().leader().await.map_err(|e| format!("cannot reach Consul at {addr}: {e}"))?;
     Ok(client)
 }
 

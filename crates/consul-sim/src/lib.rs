@@ -36,7 +36,9 @@ pub mod core;
 pub mod persist;
 mod server;
 mod sim;
+mod tls;
 
 pub use crate::core::{Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
 pub use server::{ServeOptions, Server};
 pub use sim::{Failure, Sim, SimTransport};
+pub use tls::{TlsConfig, TlsError};
