@@ -22,3 +22,4 @@ mod sim_wire;
 mod support;
 mod tls;
 mod tls_certs;
+mod tls_real;

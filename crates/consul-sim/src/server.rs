@@ -224,6 +224,14 @@ async fn accept_loop(
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.0.clone());
                     // A handshake that never finishes is a slowloris too.
                     let limit = options.header_read_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT);
+                    let mut stream = stream;
+                    if let Ok(true) = tokio::time::timeout(limit, plain_http(&stream)).await {
+                        // Go's net/http answers this in clear text, then closes.
+                        use tokio::io::AsyncWriteExt as _;
+                        let _ = stream.write_all(PLAIN_HTTP_ANSWER).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             serve_connection(sim, options.clone(), peer, tls_stream, stop_conn)
@@ -236,6 +244,29 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// What Go's net/http writes to a client that speaks plain HTTP to its TLS port.
+const PLAIN_HTTP_ANSWER: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// True if the connection opens with plain HTTP rather than a TLS record, judged on its
+/// first five bytes as Go's `tlsRecordHeaderLooksLikeHTTP` judges them.
+async fn plain_http(stream: &tokio::net::TcpStream) -> bool {
+    let mut head = [0u8; 5];
+    loop {
+        match stream.peek(&mut head).await {
+            Ok(0) | Err(_) => return false,
+            // 0x16: a TLS handshake record.
+            Ok(_) if head[0] == 0x16 => return false,
+            Ok(n) if n >= 5 => {
+                return matches!(&head, b"GET /" | b"HEAD " | b"POST " | b"PUT /" | b"OPTIO");
+            }
+            // Part of the first bytes: wait for the rest (peek returns at once while
+            // there is data, so do not spin).
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
     }
 }
 

@@ -5,9 +5,13 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// The server side of TLS: the agent's certificate and key, and, with `verify_incoming`,
 /// the CA every client certificate must be signed by.
@@ -77,7 +81,7 @@ impl TlsConfig {
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()
                         .map_err(|e| fail("--tls-ca", ca, &e))?;
-                builder.with_client_cert_verifier(verifier)
+                builder.with_client_cert_verifier(Arc::new(GoAlerts(verifier)))
             }
             (None, true) => {
                 return Err(TlsError(
@@ -97,5 +101,61 @@ impl TlsConfig {
     /// From a rustls configuration made elsewhere.
     pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> TlsConfig {
         TlsConfig(config)
+    }
+}
+
+/// The CA's verifier, refusing a client certificate with the alert Go's TLS server sends
+/// for any certificate it rejects, `bad_certificate` (42), as Consul 1.8.7 was seen to do
+/// (rustls would say `unknown_ca` for a stranger's certificate).
+#[derive(Debug)]
+struct GoAlerts(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for GoAlerts {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify_client_cert(end_entity, intermediates, now).map_err(|e| match e {
+            rustls::Error::InvalidCertificate(_) => {
+                rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
+            }
+            other => other,
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }

@@ -1,0 +1,177 @@
+//! The client over TLS and mutual TLS against a real Consul 1.8.7 dev agent configured for
+//! HTTPS with `ca_file`, `cert_file`, `key_file` and `verify_incoming_https`, with the
+//! certificates of `tls_certs`; and `unix://` addresses against the agent's unix socket.
+//! What Consul does with each refused handshake is asserted as the client sees it, and the
+//! sim's HTTPS server is held to the same.
+
+use std::collections::HashMap;
+
+use consul_api::layers::RetryPolicy;
+use consul_api::{Client, ClientBuilder, Error, Request};
+use http::Method;
+
+use crate::real_consul::{RealConsul, free_port};
+use crate::tls::https_sim;
+use crate::tls_certs::{Pki, s};
+
+/// A dev agent with its plain HTTP port (for the harness) and an HTTPS port that asks every
+/// client for a certificate signed by `pki`'s CA.
+async fn tls_consul(pki: &Pki) -> (RealConsul, String) {
+    let https = free_port();
+    let hcl = format!(
+        "ports {{ https = {https} }}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nverify_incoming_https = true",
+        s(&pki.ca),
+        s(&pki.server_cert),
+        s(&pki.server_key),
+    );
+    let consul = RealConsul::start_with(&["-hcl", &hcl]).await;
+    (consul, format!("https://127.0.0.1:{https}"))
+}
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn from(env: &HashMap<String, String>) -> Client {
+    ClientBuilder::from_env_with(|k| env.get(k).cloned())
+        .expect("env")
+        .retry(RetryPolicy::none())
+        .build()
+        .expect("client")
+}
+
+async fn round_trip(client: &Client, key: &str) -> Result<(), Error> {
+    client.kv().put(key, "over tls").await?;
+    let resp = client.raw(Request::new(Method::GET, format!("/v1/kv/{key}")).flag("raw")).await?;
+    assert_eq!((resp.status.as_u16(), &resp.body[..]), (200, &b"over tls"[..]));
+    Ok(())
+}
+
+/// The handshakes a client can have with an HTTPS agent that verifies incoming
+/// certificates, and what the client sees of each refusal. `backend` names the agent.
+async fn every_refusal(backend: &str, url: &str, pki: &Pki) {
+    let good = [
+        ("CONSUL_HTTP_ADDR", url),
+        ("CONSUL_CACERT", s(&pki.ca)),
+        ("CONSUL_CLIENT_CERT", s(&pki.client_cert)),
+        ("CONSUL_CLIENT_KEY", s(&pki.client_key)),
+    ];
+    let refused = |client: Client, what: &'static str| async move {
+        let err = client.status().leader().await.expect_err(what);
+        eprintln!("{backend}, {what}: {err}");
+        err
+    };
+    // Mutual TLS from the environment, CA file or CA directory.
+    round_trip(&from(&vars(&good)), "tls-real/cacert").await.expect("mTLS with CONSUL_CACERT");
+    let mut capath = vars(&good);
+    capath.remove("CONSUL_CACERT");
+    capath.insert("CONSUL_CAPATH".into(), s(&pki.ca_dir).into());
+    round_trip(&from(&capath), "tls-real/capath").await.expect("mTLS with CONSUL_CAPATH");
+    // The agent's own name, as Consul's certificates carry it.
+    let mut named = vars(&good);
+    named.insert("CONSUL_TLS_SERVER_NAME".into(), "server.dc1.consul".into());
+    round_trip(&from(&named), "tls-real/named").await.expect("CONSUL_TLS_SERVER_NAME");
+
+    // verify_incoming_https: no client certificate → the agent ends the handshake with
+    // bad_certificate (Go); rustls, in the sim, with TLS 1.3's certificate_required.
+    let mut no_cert = vars(&good);
+    no_cert.remove("CONSUL_CLIENT_CERT");
+    no_cert.remove("CONSUL_CLIENT_KEY");
+    let err = refused(from(&no_cert), "no client certificate").await;
+    assert!(err.is_config() && !err.is_retryable(), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("BadCertificate") || text.contains("CertificateRequired"), "{text}");
+    // A client certificate signed by a CA the agent does not trust: bad_certificate.
+    let mut stranger = vars(&good);
+    stranger.insert("CONSUL_CLIENT_CERT".into(), s(&pki.stranger_cert).into());
+    stranger.insert("CONSUL_CLIENT_KEY".into(), s(&pki.stranger_key).into());
+    let err = refused(from(&stranger), "a client certificate from another CA").await;
+    assert!(err.is_config(), "{err:?}");
+    assert!(err.to_string().contains("BadCertificate"), "{err}");
+    // The client does not trust the agent's CA.
+    let mut bad_ca = vars(&good);
+    bad_ca.insert("CONSUL_CACERT".into(), s(&pki.stranger_ca).into());
+    let err = refused(from(&bad_ca), "a CA that did not sign the agent's certificate").await;
+    assert!(err.is_config() && err.to_string().contains("UnknownIssuer"), "{err}");
+    // A name the certificate does not carry.
+    let mut wrong = vars(&good);
+    wrong.insert("CONSUL_TLS_SERVER_NAME".into(), "client.dc1.consul".into());
+    let err = refused(from(&wrong), "a server name not in the agent's certificate").await;
+    assert!(err.is_config() && err.to_string().contains("not valid for name"), "{err}");
+    // CONSUL_HTTP_SSL_VERIFY=false: the stranger CA and the wrong name no longer matter.
+    let mut skip = vars(&good);
+    skip.insert("CONSUL_CACERT".into(), s(&pki.stranger_ca).into());
+    skip.insert("CONSUL_TLS_SERVER_NAME".into(), "client.dc1.consul".into());
+    skip.insert("CONSUL_HTTP_SSL_VERIFY".into(), "false".into());
+    round_trip(&from(&skip), "tls-real/skip").await.expect("CONSUL_HTTP_SSL_VERIFY=false");
+    // Plain HTTP to the HTTPS port: Go answers 400 in clear text, which the client reads.
+    let plain = Client::builder()
+        .address(url.replace("https://", "http://"))
+        .retry(RetryPolicy::none())
+        .build()
+        .expect("client");
+    let err = refused(plain, "plain HTTP to the HTTPS port").await;
+    assert_eq!(err.status_code().map(|s| s.as_u16()), Some(400), "{err:?}");
+    assert!(err.to_string().contains("Client sent an HTTP request to an HTTPS server."), "{err}");
+}
+
+#[tokio::test]
+async fn tls_real_consul_and_sim_https_mtls_and_every_refusal() {
+    let pki = Pki::new(&["server.dc1.consul", "localhost", "127.0.0.1"]);
+    let (consul, url) = tls_consul(&pki).await;
+    every_refusal("real Consul 1.8.7", &url, &pki).await;
+    drop(consul);
+    let sim = https_sim(&pki, true).await;
+    every_refusal("sim", &sim.url(), &pki).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_real_consul_and_sim_agree_on_a_name_only_certificate() {
+    // A certificate valid only for server.dc1.consul, as `consul tls cert create -server`
+    // makes: 127.0.0.1 is refused, CONSUL_TLS_SERVER_NAME (with a port, which Go drops)
+    // lets it in.
+    let pki = Pki::new(&["server.dc1.consul"]);
+    let (consul, url) = tls_consul(&pki).await;
+    let sim = https_sim(&pki, true).await;
+    for (backend, url) in [("real Consul 1.8.7", url), ("sim", sim.url())] {
+        let base = [
+            ("CONSUL_HTTP_ADDR", url.as_str()),
+            ("CONSUL_CACERT", s(&pki.ca)),
+            ("CONSUL_CLIENT_CERT", s(&pki.client_cert)),
+            ("CONSUL_CLIENT_KEY", s(&pki.client_key)),
+        ];
+        let err = from(&vars(&base)).status().leader().await.expect_err(backend);
+        assert!(err.to_string().contains("not valid for name"), "{backend}: {err}");
+        let mut named = vars(&base);
+        named.insert("CONSUL_TLS_SERVER_NAME".into(), "server.dc1.consul:8501".into());
+        round_trip(&from(&named), "tls-real/name-only").await.expect(backend);
+    }
+    drop(consul);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn real_consul_unix_socket_address() {
+    let dir =
+        std::env::temp_dir().join(format!("consul-ha-unix-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sock = dir.join("http.sock");
+    // The harness keeps its TCP port; the same HTTP API is served on the socket too.
+    let hcl = format!("addresses {{ http = \"127.0.0.1 unix://{}\" }}", sock.display());
+    let consul = RealConsul::start_with(&["-hcl", &hcl]).await;
+    let env = vars(&[("CONSUL_HTTP_ADDR", &format!("unix://{}", sock.display()))]);
+    let client = from(&env);
+    assert!(!client.status().leader().await.expect("leader over the socket").is_empty());
+    client.kv().put("unix/check", "over a socket").await.expect("put");
+    let resp =
+        client.raw(Request::new(Method::GET, "/v1/kv/unix/check").flag("raw")).await.expect("get");
+    assert_eq!(&resp.body[..], b"over a socket");
+    // A socket that is not there is a connection error naming it.
+    let gone =
+        vars(&[("CONSUL_HTTP_ADDR", &format!("unix://{}", dir.join("nope.sock").display()))]);
+    let err = from(&gone).status().leader().await.expect_err("no socket");
+    assert!(err.is_connect() && err.to_string().contains("nope.sock"), "{err}");
+    drop(consul);
+    let _ = std::fs::remove_dir_all(&dir);
+}
