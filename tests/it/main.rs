@@ -22,4 +22,5 @@ mod sim_wire;
 mod support;
 mod tls;
 mod tls_certs;
+mod tls_cli;
 mod tls_real;

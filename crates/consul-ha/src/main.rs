@@ -245,8 +245,16 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             // One line naming the problem; `--help` has the rest.
+            // (clap lists missing arguments on the lines after the first: keep them.)
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let first =
+                if lines.is_empty() { "error: invalid arguments".into() } else { lines.join(" ") };
             eprintln!("{first} (see consul-ha --help)");
             return ExitCode::from(2);
         }
