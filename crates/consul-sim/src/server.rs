@@ -17,6 +17,10 @@
 //!   cannot parse get its bare 400 (or 431 for headers too large), where Go writes
 //!   `400 Bad Request` as the body.
 //!
+//! With [`ServeOptions::tls`] the same server speaks HTTPS (rustls), as Consul's `https`
+//! port: with `verify_incoming`, a client without a certificate signed by the CA is
+//! refused at the handshake; a plain HTTP request gets Go's clear-text 400.
+//!
 //! Fault injection is served under its own prefix, `/v1/_sim/`, which no Consul path uses,
 //! and only when [`ServeOptions::fault_injection`] is on ([`Sim::serve`] turns it on;
 //! `consul-ha agent -dev` only with `--enable-fault-injection`):
