@@ -300,7 +300,19 @@ async fn tls_tokens_and_passwords_never_appear_in_debug() {
         .basic_auth(BasicAuth { username: "alice".into(), password: "pw-secret-456".into() });
     let client = b.clone().build().expect("client");
     let from_file = b.clone().token_file(&token_file).build().expect("client");
-    for text in [format!("{b:?}"), format!("{client:?}"), format!("{from_file:?}")] {
+    let opts =
+        consul_api::QueryOptions { token: Some("tok-secret-123".into()), ..Default::default() };
+    let options = consul_api::http::HttpOptions {
+        basic_auth: Some(BasicAuth::parse("alice:pw-secret-456")),
+        ..Default::default()
+    };
+    for text in [
+        format!("{b:?}"),
+        format!("{client:?}"),
+        format!("{from_file:?}"),
+        format!("{opts:?}"),
+        format!("{options:?}"),
+    ] {
         for secret in ["tok-secret-123", "pw-secret-456", "file-secret-789"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
