@@ -154,3 +154,31 @@ fn tls_consul_ha_agent_dev_rejects_bad_tls_flags_in_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--tls-ca"), "{err}");
 }
+
+#[test]
+fn consul_ha_agent_dev_on_a_unix_socket_and_status_over_it() {
+    let dir = std::env::temp_dir().join(format!("consul-ha-cli-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("unix://{}", dir.join("http.sock").display());
+    let agent = command(&["agent", "-dev", "--http-addr", &url], &[("RUST_LOG", "warn")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let agent = Running(agent);
+    let start = Instant::now();
+    let out = loop {
+        let out = run(&["status", "--json"], &[("CONSUL_HTTP_ADDR", &url)]);
+        if out.status.success() || start.elapsed() > Duration::from_secs(15) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        out.status.success(),
+        "status over the socket: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -151,27 +151,38 @@ async fn tls_real_consul_and_sim_agree_on_a_name_only_certificate() {
     sim.shutdown().await;
 }
 
+/// What a client does over `CONSUL_HTTP_ADDR=unix://…` against the agent serving `url`.
+async fn over_the_socket(backend: &str, url: &str, dir: &std::path::Path) {
+    let client = from(&vars(&[("CONSUL_HTTP_ADDR", url)]));
+    assert!(!client.status().leader().await.expect(backend).is_empty(), "{backend}");
+    client.kv().put("unix/check", "over a socket").await.expect(backend);
+    let resp = client.raw(Request::new(Method::GET, "/v1/kv/unix/check").flag("raw")).await;
+    assert_eq!(&resp.expect(backend).body[..], b"over a socket", "{backend}");
+    // A socket that is not there is a connection error naming it.
+    let gone = format!("unix://{}", dir.join("nope.sock").display());
+    let err = from(&vars(&[("CONSUL_HTTP_ADDR", &gone)])).status().leader().await;
+    let err = err.expect_err("no socket");
+    assert!(err.is_connect() && err.to_string().contains("nope.sock"), "{err}");
+}
+
 #[tokio::test]
-async fn real_consul_unix_socket_address() {
+async fn real_consul_and_sim_serve_a_unix_socket_address() {
     let dir =
         std::env::temp_dir().join(format!("consul-ha-unix-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let sock = dir.join("http.sock");
-    // The harness keeps its TCP port; the same HTTP API is served on the socket too.
+    // The harness keeps Consul's TCP port; the same HTTP API is served on the socket too.
+    let sock = dir.join("consul.sock");
     let hcl = format!("addresses {{ http = \"127.0.0.1 unix://{}\" }}", sock.display());
     let consul = RealConsul::start_with(&["-hcl", &hcl]).await;
-    let env = vars(&[("CONSUL_HTTP_ADDR", &format!("unix://{}", sock.display()))]);
-    let client = from(&env);
-    assert!(!client.status().leader().await.expect("leader over the socket").is_empty());
-    client.kv().put("unix/check", "over a socket").await.expect("put");
-    let resp =
-        client.raw(Request::new(Method::GET, "/v1/kv/unix/check").flag("raw")).await.expect("get");
-    assert_eq!(&resp.body[..], b"over a socket");
-    // A socket that is not there is a connection error naming it.
-    let gone =
-        vars(&[("CONSUL_HTTP_ADDR", &format!("unix://{}", dir.join("nope.sock").display()))]);
-    let err = from(&gone).status().leader().await.expect_err("no socket");
-    assert!(err.is_connect() && err.to_string().contains("nope.sock"), "{err}");
+    over_the_socket("real Consul 1.8.7", &format!("unix://{}", sock.display()), &dir).await;
     drop(consul);
+    let sim = consul_sim::Sim::new(consul_sim::SimConfig::default());
+    let server = sim
+        .serve_unix(&dir.join("sim.sock"), consul_sim::ServeOptions::default())
+        .await
+        .expect("bind the socket");
+    over_the_socket("sim", &server.url(), &dir).await;
+    server.shutdown().await;
+    assert!(!dir.join("sim.sock").exists(), "the socket file is removed on shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }

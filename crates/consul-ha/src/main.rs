@@ -68,7 +68,8 @@ pub(crate) struct AgentArgs {
     /// Development mode: in-memory (or `--data-dir`) single-node Consul. Required.
     #[arg(long)]
     pub(crate) dev: bool,
-    /// Address to serve the HTTP API on.
+    /// Address to serve the HTTP API on: `IP:port`, or `unix:///path` for a unix socket
+    /// (Consul's `addresses { http = "unix:///path" }`).
     #[arg(long, default_value = "127.0.0.1:8500")]
     pub(crate) http_addr: String,
     /// The agent's node name (Consul's `-node`; Consul defaults to the host name, this

@@ -40,10 +40,15 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     if !args.dev {
         return Err("only development mode is supported: run `consul-ha agent -dev`".into());
     }
-    let addr: SocketAddr = args
-        .http_addr
-        .parse()
-        .map_err(|_| format!("--http-addr {:?} is not an IP:port address", args.http_addr))?;
+    // `unix:///path`: Consul's `addresses { http = "unix:///path" }`.
+    let socket = args.http_addr.strip_prefix("unix://").map(std::path::PathBuf::from);
+    let addr: Result<SocketAddr, _> = args.http_addr.parse();
+    if socket.is_none() && addr.is_err() {
+        return Err(format!(
+            "--http-addr {:?} is not an IP:port address or unix:///path",
+            args.http_addr
+        ));
+    }
     let config = SimConfig {
         node_name: args.node.clone(),
         session_ttl_min: args.session_ttl_min,
@@ -70,8 +75,14 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
             _ => None,
         },
     };
-    let server =
-        sim.serve_with(addr, options).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listen_error = |e: std::io::Error| format!("cannot listen on {}: {e}", args.http_addr);
+    let server = match (socket, addr) {
+        (Some(path), _) => Listening::unix(&sim, &path, options).await.map_err(listen_error)?,
+        (None, Ok(addr)) => {
+            Listening::Tcp(sim.serve_with(addr, options).await.map_err(listen_error)?)
+        }
+        (None, Err(e)) => return Err(format!("--http-addr {:?}: {e}", args.http_addr)),
+    };
     outln!("consul-ha agent -dev: Consul HTTP API at {} (node {:?})", server.url(), args.node);
     if args.enable_fault_injection {
         outln!(
@@ -91,6 +102,49 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     server.shutdown().await;
     sim.save_snapshot().map_err(|e| format!("final snapshot failed: {e}"))?;
     Ok(())
+}
+
+/// The dev agent's HTTP listener: a TCP address or a unix socket.
+enum Listening {
+    Tcp(consul_sim::Server),
+    #[cfg(unix)]
+    Unix(consul_sim::UnixServer),
+}
+
+impl Listening {
+    #[cfg(unix)]
+    async fn unix(
+        sim: &Sim,
+        path: &std::path::Path,
+        options: ServeOptions,
+    ) -> std::io::Result<Listening> {
+        Ok(Listening::Unix(sim.serve_unix(path, options).await?))
+    }
+
+    #[cfg(not(unix))]
+    async fn unix(
+        _sim: &Sim,
+        _path: &std::path::Path,
+        _options: ServeOptions,
+    ) -> std::io::Result<Listening> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "unix sockets need a unix system"))
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Listening::Tcp(s) => s.url(),
+            #[cfg(unix)]
+            Listening::Unix(s) => s.url(),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Listening::Tcp(s) => s.shutdown().await,
+            #[cfg(unix)]
+            Listening::Unix(s) => s.shutdown().await,
+        }
+    }
 }
 
 /// 64 bits from the OS's randomness (std's `RandomState` keys are drawn from it), so each

@@ -279,7 +279,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP/1.1 on one accepted connection (plain TCP or TLS) until it closes, the
 /// server stops or the agent leaves.
-async fn serve_connection<I>(
+pub(crate) async fn serve_connection<I>(
     sim: Sim,
     options: Arc<ServeOptions>,
     peer: SocketAddr,
