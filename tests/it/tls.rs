@@ -237,8 +237,8 @@ async fn tls_env_bad_files_are_config_errors_naming_the_variable() {
     assert!(err.to_string().contains("no-token"), "{err}");
 }
 
-/// One HTTP request's head as a plain TCP server sees it (answers an empty 200).
-fn capture_one_request() -> (String, std::thread::JoinHandle<String>) {
+/// One HTTP request's head as a plain TCP server sees it, lower-cased (answers `""`).
+pub(crate) fn capture_one_request() -> (String, std::thread::JoinHandle<String>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let handle = std::thread::spawn(move || {

@@ -186,3 +186,56 @@ async fn real_consul_and_sim_serve_a_unix_socket_address() {
     assert!(!dir.join("sim.sock").exists(), "the socket file is removed on shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `X-Consul-Token` and `Authorization` a request carried, from its lower-cased head.
+fn auth_headers(head: &str) -> Vec<String> {
+    head.lines()
+        .filter(|l| l.starts_with("x-consul-token:") || l.starts_with("authorization:"))
+        .map(|l| l.trim().to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn tls_env_token_and_auth_headers_match_the_consul_cli() {
+    // Go's consul/api, as the consul 1.8.7 command reads the environment, and this client
+    // reading the same environment send the same token and basic-auth headers.
+    let bin = crate::real_consul::binary().unwrap_or_else(|e| panic!("{e}"));
+    let pki = Pki::new(&["127.0.0.1"]);
+    let token_file = pki.path("token");
+    let empty_file = pki.path("empty-token");
+    std::fs::write(&token_file, "  file-token\n").expect("write");
+    std::fs::write(&empty_file, "").expect("write");
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![("CONSUL_HTTP_TOKEN", "env-token")],
+        vec![("CONSUL_HTTP_TOKEN_FILE", s(&token_file))],
+        vec![("CONSUL_HTTP_TOKEN", "env-token"), ("CONSUL_HTTP_TOKEN_FILE", s(&token_file))],
+        vec![("CONSUL_HTTP_TOKEN", "env-token"), ("CONSUL_HTTP_TOKEN_FILE", s(&empty_file))],
+        vec![("CONSUL_HTTP_TOKEN", "")],
+        vec![("CONSUL_HTTP_AUTH", "alice:pa:ss")],
+        vec![("CONSUL_HTTP_AUTH", "alice")],
+        vec![("CONSUL_HTTP_AUTH", "alice:pw"), ("CONSUL_HTTP_TOKEN", "env-token")],
+    ];
+    for case in cases {
+        let (addr, seen) = crate::tls::capture_one_request();
+        let out = std::process::Command::new(&bin)
+            .args(["kv", "get", "consul-ha-parity"])
+            .env_clear()
+            .env("CONSUL_HTTP_ADDR", &addr)
+            .envs(case.iter().copied())
+            .output()
+            .expect("the consul command runs");
+        let go = auth_headers(&seen.join().expect("capture"));
+        let sets_something = case.iter().any(|(_, v)| !v.is_empty());
+        assert_eq!(!go.is_empty(), sets_something, "{case:?}: the consul command sent {go:?}");
+
+        let (addr, seen) = crate::tls::capture_one_request();
+        let mut env = vars(&case);
+        env.insert("CONSUL_HTTP_ADDR".into(), addr);
+        let client = from(&env);
+        let _ = client.raw(Request::new(Method::GET, "/v1/kv/consul-ha-parity")).await;
+        let ours = auth_headers(&seen.join().expect("capture"));
+        assert_eq!(ours, go, "{case:?} (consul: {})", String::from_utf8_lossy(&out.stderr));
+    }
+}
