@@ -17,9 +17,14 @@ use crate::tls_certs::{Pki, s};
 /// A dev agent with its plain HTTP port (for the harness) and an HTTPS port that asks every
 /// client for a certificate signed by `pki`'s CA.
 async fn tls_consul(pki: &Pki) -> (RealConsul, String) {
+    tls_consul_with(pki, true).await
+}
+
+/// [`tls_consul`], with `verify_incoming_https` as given.
+async fn tls_consul_with(pki: &Pki, verify_incoming: bool) -> (RealConsul, String) {
     let https = free_port();
     let hcl = format!(
-        "ports {{ https = {https} }}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nverify_incoming_https = true",
+        "ports {{ https = {https} }}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nverify_incoming_https = {verify_incoming}",
         s(&pki.ca),
         s(&pki.server_cert),
         s(&pki.server_key),
@@ -123,6 +128,25 @@ async fn tls_real_consul_and_sim_https_mtls_and_every_refusal() {
     drop(consul);
     let sim = https_sim(&pki, true).await;
     every_refusal("sim", &sim.url(), &pki).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_real_consul_and_sim_without_verify_incoming_take_any_client() {
+    // ca_file without verify_incoming_https: no certificate is asked for, so neither a
+    // missing nor a stranger's certificate matters.
+    let pki = Pki::new(&["127.0.0.1"]);
+    let (consul, url) = tls_consul_with(&pki, false).await;
+    let sim = https_sim(&pki, false).await;
+    for (backend, url) in [("real Consul 1.8.7", url), ("sim", sim.url())] {
+        let base = vars(&[("CONSUL_HTTP_ADDR", url.as_str()), ("CONSUL_CACERT", s(&pki.ca))]);
+        round_trip(&from(&base), "tls-real/no-cert").await.expect(backend);
+        let mut stranger = base.clone();
+        stranger.insert("CONSUL_CLIENT_CERT".into(), s(&pki.stranger_cert).into());
+        stranger.insert("CONSUL_CLIENT_KEY".into(), s(&pki.stranger_key).into());
+        round_trip(&from(&stranger), "tls-real/stranger").await.expect(backend);
+    }
+    drop(consul);
     sim.shutdown().await;
 }
 
