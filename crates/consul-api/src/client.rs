@@ -174,12 +174,29 @@ impl ClientBuilder {
     /// A builder with Consul's client environment applied (the variables are listed on
     /// [`Client::from_env`]); later calls override it, as a command's flags override the
     /// environment. A malformed value is an error naming the variable.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), consul_api::Error> {
+    /// // CONSUL_HTTP_ADDR=https://127.0.0.1:8501 CONSUL_CACERT=ca.pem CONSUL_CLIENT_CERT=…
+    /// let client = consul_api::ClientBuilder::from_env()?.token("from-a-flag").build()?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_env() -> Result<Self, Error> {
         ClientBuilder::from_env_with(|name| std::env::var(name).ok())
     }
 
     /// [`from_env`](Self::from_env) reading the variables through `lookup`, so a test or a
     /// caller with its own configuration source need not touch the process environment.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// let env = HashMap::from([("CONSUL_HTTP_SSL_VERIFY", "maybe")]);
+    /// let err = consul_api::ClientBuilder::from_env_with(|k| env.get(k).map(|v| v.to_string()))
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("CONSUL_HTTP_SSL_VERIFY"));
+    /// ```
     pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         crate::env::apply(Client::builder(), lookup)
     }
