@@ -20,3 +20,7 @@ mod sim_model;
 mod sim_server;
 mod sim_wire;
 mod support;
+mod tls;
+mod tls_certs;
+mod tls_cli;
+mod tls_real;

@@ -37,7 +37,7 @@ pub(crate) fn binary() -> Result<PathBuf, String> {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     l.local_addr().expect("its address").port()
 }

@@ -36,31 +36,13 @@ impl Client {
         Client { transport: Arc::new(layer(self.transport.clone())), ..self.clone() }
     }
 
-    /// A client configured from the environment, as Consul's own tools are:
-    /// `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`; `host:port`, `http://` or `https://`),
-    /// `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT`, `CONSUL_TLS_SERVER_NAME`.
+    /// A client configured from the environment, as Go's `consul/api` `DefaultConfig`
+    /// is: `CONSUL_HTTP_ADDR` (`host:port`, `http://`, `https://` or `unix://`),
+    /// `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_HTTP_AUTH`, `CONSUL_HTTP_SSL`,
+    /// `CONSUL_HTTP_SSL_VERIFY`, `CONSUL_CACERT`, `CONSUL_CAPATH`, `CONSUL_CLIENT_CERT`,
+    /// `CONSUL_CLIENT_KEY` and `CONSUL_TLS_SERVER_NAME` (see [`ClientBuilder::from_env`]).
     pub fn from_env() -> Result<Self, Error> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let mut b = Client::builder();
-        if let Some(addr) = var("CONSUL_HTTP_ADDR") {
-            b = b.address(addr);
-        }
-        if let Some(token) = var("CONSUL_HTTP_TOKEN") {
-            b = b.token(token);
-        }
-        if let Some(ca) = var("CONSUL_CACERT") {
-            b.http.ca_cert = Some(ca.into());
-        }
-        if let Some(name) = var("CONSUL_TLS_SERVER_NAME") {
-            b.http.tls_server_name = Some(name);
-        }
-        b.build().map_err(|e| {
-            if e.message().contains("address") {
-                Error::config(format!("CONSUL_HTTP_ADDR: {}", e.message()))
-            } else {
-                e
-            }
-        })
+        ClientBuilder::from_env()?.build()
     }
 
     /// A builder for an HTTP client.
@@ -68,6 +50,7 @@ impl Client {
         ClientBuilder {
             address: "127.0.0.1:8500".into(),
             token: None,
+            token_file: None,
             datacenter: None,
             http: HttpOptions::default(),
             retry: RetryPolicy::default(),
@@ -162,26 +145,81 @@ impl Client {
     }
 }
 
-/// Builds an HTTP [`Client`]: address, token, timeouts, TLS and retries.
-#[derive(Clone, Debug)]
+/// Builds an HTTP [`Client`]: address, token, timeouts, TLS and retries. `Debug` never
+/// shows the token.
+#[derive(Clone)]
 pub struct ClientBuilder {
     address: String,
     token: Option<String>,
+    token_file: Option<std::path::PathBuf>,
     datacenter: Option<String>,
     http: HttpOptions,
     retry: RetryPolicy,
 }
 
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("datacenter", &self.datacenter)
+            .field("http", &self.http)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
 impl ClientBuilder {
-    /// The agent's address: `host:port`, `http://host:port` or `https://host:port`.
+    /// A builder with Consul's client environment applied (the variables are listed on
+    /// [`Client::from_env`]); later calls override it, as a command's flags override the
+    /// environment. A malformed value is an error naming the variable.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), consul_api::Error> {
+    /// // CONSUL_HTTP_ADDR=https://127.0.0.1:8501 CONSUL_CACERT=ca.pem CONSUL_CLIENT_CERT=…
+    /// let client = consul_api::ClientBuilder::from_env()?.token("from-a-flag").build()?;
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<Self, Error> {
+        ClientBuilder::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) reading the variables through `lookup`, so a test or a
+    /// caller with its own configuration source need not touch the process environment.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// let env = HashMap::from([("CONSUL_HTTP_SSL_VERIFY", "maybe")]);
+    /// let err = consul_api::ClientBuilder::from_env_with(|k| env.get(k).map(|v| v.to_string()))
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("CONSUL_HTTP_SSL_VERIFY"));
+    /// ```
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        crate::env::apply(Client::builder(), lookup)
+    }
+
+    /// The agent's address: `host:port`, `http://host:port`, `https://host:port` or
+    /// `unix:///path/to/socket`.
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = address.into();
         self
     }
 
-    /// The ACL token sent as `X-Consul-Token`.
+    /// The ACL token sent as `X-Consul-Token`; replaces a token file set before.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self.token_file = None;
+        self
+    }
+
+    /// A file holding the ACL token, read (and trimmed) when the client is built. As in
+    /// Go, its content wins over [`token`](Self::token) when it has any; an empty file
+    /// leaves that token in force.
+    pub fn token_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.token_file = Some(path.into());
         self
     }
 
@@ -211,9 +249,50 @@ impl ClientBuilder {
         self
     }
 
-    /// PEM file of the CA for `https://` addresses.
+    /// PEM file of the CA for `https://` addresses (wins over [`ca_path`](Self::ca_path)).
     pub fn ca_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.http.ca_cert = Some(path.into());
+        self
+    }
+
+    /// A directory of PEM CA certificates for `https://` addresses.
+    pub fn ca_path(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.http.ca_path = Some(dir.into());
+        self
+    }
+
+    /// The client certificate and its key, presented to an agent with `verify_incoming`.
+    pub fn client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.http.client_cert = Some(cert.into());
+        self.http.client_key = Some(key.into());
+        self
+    }
+
+    /// The name to verify in the agent's certificate, if not the address's host.
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.http.tls_server_name = Some(name.into());
+        self
+    }
+
+    /// Use https even when the address has no scheme or says `http://`.
+    pub fn https(mut self, on: bool) -> Self {
+        self.http.https = on;
+        self
+    }
+
+    /// Accept any server certificate (encrypted, not authenticated): for tests only.
+    pub fn tls_skip_verify(mut self, skip: bool) -> Self {
+        self.http.tls_skip_verify = skip;
+        self
+    }
+
+    /// HTTP basic authentication for every request.
+    pub fn basic_auth(mut self, auth: crate::BasicAuth) -> Self {
+        self.http.basic_auth = Some(auth);
         self
     }
 
@@ -224,7 +303,15 @@ impl ClientBuilder {
     }
 
     /// Builds the client: HTTP transport, then retries, then the token.
-    pub fn build(self) -> Result<Client, Error> {
+    pub fn build(mut self) -> Result<Client, Error> {
+        if let Some(file) = &self.token_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Error::config(format!("cannot read the token file {}: {e}", file.display()))
+            })?;
+            if !text.trim().is_empty() {
+                self.token = Some(text.trim().to_string());
+            }
+        }
         let http = Retry::new(HttpTransport::with_options(&self.address, self.http)?, self.retry);
         let client = match &self.token {
             Some(t) => Client::new(Token::new(http, t)?),

@@ -175,6 +175,13 @@ impl Error {
         self.kind == Kind::Decode
     }
 
+    /// True if the failure is a configuration problem: a bad address, unreadable TLS
+    /// files, or a TLS handshake either side refused (a certificate not trusted, not valid
+    /// for the name, or missing). Retrying cannot fix it.
+    pub fn is_config(&self) -> bool {
+        self.kind == Kind::Config
+    }
+
     /// True if the operation was given up (retry budget spent, lock lost, session gone).
     pub fn is_aborted(&self) -> bool {
         self.kind == Kind::Aborted

@@ -37,6 +37,7 @@ pub mod agent;
 pub mod catalog;
 mod client;
 mod contender;
+mod env;
 mod error;
 pub mod http;
 pub mod kv;
@@ -44,9 +45,13 @@ pub mod layers;
 pub mod lock;
 pub mod semaphore;
 pub mod session;
+#[cfg(feature = "tls")]
+mod tls;
 pub mod transport;
 pub mod txn;
 pub mod types;
+#[cfg(unix)]
+mod unix;
 pub mod watch;
 
 #[cfg(test)]
@@ -54,7 +59,7 @@ mod decode_props;
 
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
-pub use http::HttpTransport;
+pub use http::{BasicAuth, HttpTransport};
 pub use transport::{Request, Response, Transport};
 pub use types::{Consistency, Index, QueryMeta, QueryOptions, SessionId};
 

@@ -56,7 +56,8 @@ pub enum Consistency {
 }
 
 /// Options common to every read: blocking, consistency, token, datacenter, filter.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `Debug` never shows the token.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct QueryOptions {
     /// Block until the result's index is above this one (a blocking query). 0 never blocks.
     pub index: Index,
@@ -70,6 +71,19 @@ pub struct QueryOptions {
     pub datacenter: Option<String>,
     /// A filter expression (`?filter=`), on the endpoints that support it.
     pub filter: Option<String>,
+}
+
+impl std::fmt::Debug for QueryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryOptions")
+            .field("index", &self.index)
+            .field("wait", &self.wait)
+            .field("consistency", &self.consistency)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("datacenter", &self.datacenter)
+            .field("filter", &self.filter)
+            .finish()
+    }
 }
 
 impl QueryOptions {

@@ -68,7 +68,8 @@ pub(crate) struct AgentArgs {
     /// Development mode: in-memory (or `--data-dir`) single-node Consul. Required.
     #[arg(long)]
     pub(crate) dev: bool,
-    /// Address to serve the HTTP API on.
+    /// Address to serve the HTTP API on: `IP:port`, or `unix:///path` for a unix socket
+    /// (Consul's `addresses { http = "unix:///path" }`).
     #[arg(long, default_value = "127.0.0.1:8500")]
     pub(crate) http_addr: String,
     /// The agent's node name (Consul's `-node`; Consul defaults to the host name, this
@@ -100,16 +101,34 @@ pub(crate) struct AgentArgs {
     /// failover tests.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub(crate) session_ttl_min: Duration,
+    /// Serve HTTPS with this PEM certificate (chain) instead of HTTP (Consul's
+    /// `cert_file` with `ports { https = … }`); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (Consul's `key_file`).
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// PEM file of the CA client certificates must be signed by (Consul's `ca_file`).
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Refuse, at the TLS handshake, a client without a certificate signed by --tls-ca
+    /// (Consul's `verify_incoming_https`).
+    #[arg(long, requires = "tls_ca")]
+    pub(crate) verify_incoming: bool,
 }
 
-/// How to reach Consul.
+/// How to reach Consul: Consul's client environment (`CONSUL_HTTP_ADDR`,
+/// `CONSUL_HTTP_TOKEN[_FILE]`, `CONSUL_HTTP_SSL[_VERIFY]`, `CONSUL_CACERT`, `CONSUL_CAPATH`,
+/// `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME`, `CONSUL_HTTP_AUTH`),
+/// which these flags override.
 #[derive(Debug, Args)]
 pub(crate) struct ConsulArgs {
-    /// Consul's HTTP address (`host:port` or a URL).
-    #[arg(long, env = "CONSUL_HTTP_ADDR", default_value = "127.0.0.1:8500")]
-    pub(crate) http_addr: String,
-    /// ACL token.
-    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    /// Consul's HTTP address: `host:port`, `http://…`, `https://…` or `unix:///path`
+    /// [default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500].
+    #[arg(long)]
+    pub(crate) http_addr: Option<String>,
+    /// ACL token [default: CONSUL_HTTP_TOKEN_FILE's content, else CONSUL_HTTP_TOKEN].
+    #[arg(long)]
     pub(crate) token: Option<String>,
     /// The service (cluster) name.
     #[arg(long, default_value = "consul-ha")]
@@ -227,8 +246,16 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             // One line naming the problem; `--help` has the rest.
+            // (clap lists missing arguments on the lines after the first: keep them.)
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let first =
+                if lines.is_empty() { "error: invalid arguments".into() } else { lines.join(" ") };
             eprintln!("{first} (see consul-ha --help)");
             return ExitCode::from(2);
         }

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul_api::{Client, QueryOptions};
-use consul_sim::{ServeOptions, Sim, SimConfig};
+use consul_api::{Client, ClientBuilder, QueryOptions};
+use consul_sim::{ServeOptions, Sim, SimConfig, TlsConfig};
 use futures_util::StreamExt;
 use ha_cluster::{Cluster, ClusterConfig, Health};
 use prod_config::{RoutingTable, ShardConfig, ShardManager, ShardManagerOptions, health_of};
@@ -40,10 +40,15 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     if !args.dev {
         return Err("only development mode is supported: run `consul-ha agent -dev`".into());
     }
-    let addr: SocketAddr = args
-        .http_addr
-        .parse()
-        .map_err(|_| format!("--http-addr {:?} is not an IP:port address", args.http_addr))?;
+    // `unix:///path`: Consul's `addresses { http = "unix:///path" }`.
+    let socket = args.http_addr.strip_prefix("unix://").map(std::path::PathBuf::from);
+    let addr: Result<SocketAddr, _> = args.http_addr.parse();
+    if socket.is_none() && addr.is_err() {
+        return Err(format!(
+            "--http-addr {:?} is not an IP:port address or unix:///path",
+            args.http_addr
+        ));
+    }
     let config = SimConfig {
         node_name: args.node.clone(),
         session_ttl_min: args.session_ttl_min,
@@ -62,9 +67,22 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
         fault_injection: args.enable_fault_injection,
         header_read_timeout: Some(args.http_read_header_timeout).filter(|d| !d.is_zero()),
         max_conns_per_client: args.http_max_conns_per_client,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                TlsConfig::from_pem_files(cert, key, args.tls_ca.as_deref(), args.verify_incoming)
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        },
     };
-    let server =
-        sim.serve_with(addr, options).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listen_error = |e: std::io::Error| format!("cannot listen on {}: {e}", args.http_addr);
+    let server = match (socket, addr) {
+        (Some(path), _) => Listening::unix(&sim, &path, options).await.map_err(listen_error)?,
+        (None, Ok(addr)) => {
+            Listening::Tcp(sim.serve_with(addr, options).await.map_err(listen_error)?)
+        }
+        (None, Err(e)) => return Err(format!("--http-addr {:?}: {e}", args.http_addr)),
+    };
     outln!("consul-ha agent -dev: Consul HTTP API at {} (node {:?})", server.url(), args.node);
     if args.enable_fault_injection {
         outln!(
@@ -86,6 +104,49 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The dev agent's HTTP listener: a TCP address or a unix socket.
+enum Listening {
+    Tcp(consul_sim::Server),
+    #[cfg(unix)]
+    Unix(consul_sim::UnixServer),
+}
+
+impl Listening {
+    #[cfg(unix)]
+    async fn unix(
+        sim: &Sim,
+        path: &std::path::Path,
+        options: ServeOptions,
+    ) -> std::io::Result<Listening> {
+        Ok(Listening::Unix(sim.serve_unix(path, options).await?))
+    }
+
+    #[cfg(not(unix))]
+    async fn unix(
+        _sim: &Sim,
+        _path: &std::path::Path,
+        _options: ServeOptions,
+    ) -> std::io::Result<Listening> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "unix sockets need a unix system"))
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Listening::Tcp(s) => s.url(),
+            #[cfg(unix)]
+            Listening::Unix(s) => s.url(),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Listening::Tcp(s) => s.shutdown().await,
+            #[cfg(unix)]
+            Listening::Unix(s) => s.shutdown().await,
+        }
+    }
+}
+
 /// 64 bits from the OS's randomness (std's `RandomState` keys are drawn from it), so each
 /// agent run hands out different session ids, as Consul does.
 fn os_seed() -> u64 {
@@ -95,23 +156,25 @@ fn os_seed() -> u64 {
     h.finish()
 }
 
-/// A client for `args`, checked to reach Consul.
+/// A client for `args`: Consul's client environment, overridden by the flags; checked to
+/// reach Consul.
 async fn connect(args: &ConsulArgs) -> Result<Client, String> {
-    let mut b = Client::builder().address(args.http_addr.clone());
+    let mut b = ClientBuilder::from_env().map_err(|e| e.to_string())?;
+    let addr = match &args.http_addr {
+        Some(addr) => {
+            b = b.address(addr.clone());
+            addr.clone()
+        }
+        None => std::env::var("CONSUL_HTTP_ADDR")
+            .ok()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "127.0.0.1:8500".into()),
+    };
     if let Some(t) = &args.token {
         b = b.token(t.clone());
     }
-    if let Ok(ca) = std::env::var("CONSUL_CACERT")
-        && !ca.is_empty()
-    {
-        b = b.ca_cert(ca);
-    }
-    let client = b.build().map_err(|e| format!("--http-addr {:?}: {e}", args.http_addr))?;
-    client
-        .status()
-        .leader()
-        .await
-        .map_err(|e| format!("cannot reach Consul at {}: {e}", args.http_addr))?;
+    let client = b.build().map_err(|e| format!("{addr}: {e}"))?;
+    client.status().leader().await.map_err(|e| format!("cannot reach Consul at {addr}: {e}"))?;
     Ok(client)
 }
 

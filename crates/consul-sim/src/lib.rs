@@ -36,7 +36,13 @@ pub mod core;
 pub mod persist;
 mod server;
 mod sim;
+mod tls;
+#[cfg(unix)]
+mod unix_server;
 
 pub use crate::core::{Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime};
 pub use server::{ServeOptions, Server};
 pub use sim::{Failure, Sim, SimTransport};
+pub use tls::{TlsConfig, TlsError};
+#[cfg(unix)]
+pub use unix_server::UnixServer;

@@ -17,6 +17,10 @@
 //!   cannot parse get its bare 400 (or 431 for headers too large), where Go writes
 //!   `400 Bad Request` as the body.
 //!
+//! With [`ServeOptions::tls`] the same server speaks HTTPS (rustls), as Consul's `https`
+//! port: with `verify_incoming`, a client without a certificate signed by the CA is
+//! refused at the handshake; a plain HTTP request gets Go's clear-text 400.
+//!
 //! Fault injection is served under its own prefix, `/v1/_sim/`, which no Consul path uses,
 //! and only when [`ServeOptions::fault_injection`] is on ([`Sim::serve`] turns it on;
 //! `consul-ha agent -dev` only with `--enable-fault-injection`):
@@ -49,6 +53,7 @@ use tokio::sync::watch;
 
 use crate::core::{BadTarget, SimRequest, SimResponse, Target};
 use crate::sim::{Failure, Sim, header_map};
+use crate::tls::TlsConfig;
 
 /// The largest request body the server reads (a KV value is limited to 512 KiB by the
 /// core; this bounds memory for anything larger).
@@ -67,6 +72,9 @@ pub struct ServeOptions {
     /// Most concurrent connections from one client IP; more are closed at once. 0: no
     /// limit. Default 200, Consul's `limits.http_max_conns_per_client`.
     pub max_conns_per_client: usize,
+    /// Serve HTTPS with this configuration instead of plain HTTP (Consul's `ports.https`
+    /// listener). A client whose handshake fails is closed without an HTTP answer.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServeOptions {
@@ -75,6 +83,7 @@ impl Default for ServeOptions {
             fault_injection: false,
             header_read_timeout: Some(Duration::from_secs(30)),
             max_conns_per_client: 200,
+            tls: None,
         }
     }
 }
@@ -83,6 +92,7 @@ impl Default for ServeOptions {
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    https: bool,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -93,9 +103,10 @@ impl Server {
         self.addr
     }
 
-    /// `http://<addr>`, for a client's address setting.
+    /// `http://<addr>` (`https://` when serving TLS), for a client's address setting.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting connections, lets open ones finish, and waits for the accept loop.
@@ -157,8 +168,9 @@ impl Sim {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
+        let https = options.tls.is_some();
         let task = tokio::spawn(accept_loop(self.clone(), listener, options, stopped));
-        Ok(Server { addr, stop, task })
+        Ok(Server { addr, https, stop, task })
     }
 }
 
@@ -206,36 +218,100 @@ async fn accept_loop(
             continue;
         };
         let sim = sim.clone();
-        let leaving = sim.clone();
         let options = options.clone();
-        let mut stop_conn = stopped.clone();
+        let stop_conn = stopped.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let opts = options.clone();
-            let service = service_fn(move |req| {
-                let sim = sim.clone();
-                let opts = opts.clone();
-                async move { handle(&sim, &opts, peer, req).await }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(options.header_read_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop_conn.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-                // The answer in flight (the leave request's own) is still written.
-                _ = leaving.left() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            match &options.tls {
+                None => serve_connection(sim, options.clone(), peer, stream, stop_conn).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.0.clone());
+                    // A handshake that never finishes is a slowloris too.
+                    let limit = options.header_read_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT);
+                    let mut stream = stream;
+                    if let Ok(true) = tokio::time::timeout(limit, plain_http(&stream)).await {
+                        // Go's net/http answers this in clear text, then closes.
+                        use tokio::io::AsyncWriteExt as _;
+                        let _ = stream.write_all(PLAIN_HTTP_ANSWER).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(sim, options.clone(), peer, tls_stream, stop_conn)
+                                .await
+                        }
+                        // As Go's net/http: logged, closed, no HTTP answer.
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake error"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
             }
         });
+    }
+}
+
+/// What Go's net/http writes to a client that speaks plain HTTP to its TLS port.
+const PLAIN_HTTP_ANSWER: &[u8] =
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// True if the connection opens with plain HTTP rather than a TLS record, judged on its
+/// first five bytes as Go's `tlsRecordHeaderLooksLikeHTTP` judges them.
+async fn plain_http(stream: &tokio::net::TcpStream) -> bool {
+    let mut head = [0u8; 5];
+    loop {
+        match stream.peek(&mut head).await {
+            Ok(0) | Err(_) => return false,
+            // 0x16: a TLS handshake record.
+            Ok(_) if head[0] == 0x16 => return false,
+            Ok(n) if n >= 5 => {
+                return matches!(&head, b"GET /" | b"HEAD " | b"POST " | b"PUT /" | b"OPTIO");
+            }
+            // Part of the first bytes: wait for the rest (peek returns at once while
+            // there is data, so do not spin).
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// How long a TLS handshake may take when no header read timeout is set.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on one accepted connection (plain TCP or TLS) until it closes, the
+/// server stops or the agent leaves.
+pub(crate) async fn serve_connection<I>(
+    sim: Sim,
+    options: Arc<ServeOptions>,
+    peer: SocketAddr,
+    stream: I,
+    mut stop_conn: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let leaving = sim.clone();
+    let opts = options.clone();
+    let service = service_fn(move |req| {
+        let sim = sim.clone();
+        let opts = opts.clone();
+        async move { handle(&sim, &opts, peer, req).await }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop_conn.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+        // The answer in flight (the leave request's own) is still written.
+        _ = leaving.left() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }
 
