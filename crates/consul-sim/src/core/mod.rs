@@ -261,7 +261,17 @@ pub struct Consul {
     /// The agent was asked to leave (`PUT /v1/agent/leave`): Consul stops serving and
     /// exits once it has answered.
     pub(crate) left: bool,
+    /// The earliest timer deadline, as of the last full scan, and what the timers looked
+    /// like then. See [`advance`](Self::advance).
+    timers: Option<(TimerGeneration, Option<SimTime>)>,
 }
+
+/// What changes whenever a timer may start earlier than the ones already known: a session
+/// or lock-delay created (the session table's index, the number of delays), a check
+/// registered or changing status (the catalog's index), the leader lost or back. Renewals
+/// and check updates only move deadlines later, which a cached earliest deadline survives
+/// (it just wakes early once).
+type TimerGeneration = (u64, u64, usize, bool);
 
 impl Consul {
     /// A fresh store: the agent's node registered as a Consul server registers itself.
@@ -274,6 +284,7 @@ impl Consul {
             events: event::Events::default(),
             changes: Changes::default(),
             left: false,
+            timers: None,
         };
         c.register_agent_node();
         c
@@ -485,15 +496,49 @@ impl Consul {
     }
 
     /// Runs every timer due by `now`: session TTLs, check TTLs, lock-delays, reaping.
+    ///
+    /// Every request runs this first, so it must not cost O(sessions + checks) each time:
+    /// the earliest deadline is kept from the last full pass and the pass is skipped while
+    /// `now` is before it and no timer could have started earlier since.
     pub fn advance(&mut self, now: SimTime) {
+        if let Some((generation, due)) = self.timers
+            && generation == self.timer_generation()
+            && due.is_none_or(|d| now < d)
+        {
+            return;
+        }
         self.expire_sessions(now);
         self.expire_checks(now);
         self.reap_critical_services(now);
         self.state.lock_delays.retain(|_, until| *until > now);
+        self.timers = Some((self.timer_generation(), self.scan_deadlines()));
     }
 
-    /// The earliest time at which [`advance`](Self::advance) has something to do.
+    fn timer_generation(&self) -> TimerGeneration {
+        (
+            self.state.session_index,
+            self.state.catalog_index,
+            self.state.lock_delays.len(),
+            self.leader_lost,
+        )
+    }
+
+    /// The earliest time at which [`advance`](Self::advance) has something to do (possibly
+    /// a little early: a renewed session's old deadline).
     pub fn next_deadline(&self) -> Option<SimTime> {
+        match self.timers {
+            Some((generation, due)) if generation == self.timer_generation() => due,
+            _ => self.scan_deadlines(),
+        }
+    }
+
+    /// A change since the last time the timers were looked at that may bring a deadline
+    /// earlier: the driver must look again.
+    pub(crate) fn timers_may_be_earlier(&self) -> bool {
+        self.timers.is_none_or(|(generation, _)| generation != self.timer_generation())
+    }
+
+    fn scan_deadlines(&self) -> Option<SimTime> {
         let sessions = self.state.sessions.values().filter_map(|s| s.expires_at(self.grace()));
         let checks = self.state.checks.values().filter_map(|c| c.ttl_deadline());
         let reaps = self.state.checks.values().filter_map(|c| c.reap_deadline());
@@ -561,6 +606,7 @@ impl Consul {
             (state.tables.nodes, state.tables.services, state.tables.checks) = (i, i, i);
         }
         self.state = state;
+        self.timers = None;
         Ok(())
     }
 }

@@ -404,15 +404,13 @@ fn parse_op(op: &Value) -> Result<Option<TxnOp>, String> {
     };
     let value = match get("Value") {
         None => Vec::new(),
-        Some(Value::String(v)) => {
-            STANDARD.decode(v.as_bytes()).map_err(|e| match e {
-                base64::DecodeError::InvalidByte(at, _)
-                | base64::DecodeError::InvalidLastSymbol(at, _) => {
-                    format!("illegal base64 data at input byte {at}")
-                }
-                _ => format!("illegal base64 data at input byte {}", v.len()),
-            })?
-        }
+        Some(Value::String(v)) => STANDARD.decode(v.as_bytes()).map_err(|e| match e {
+            base64::DecodeError::InvalidByte(at, _)
+            | base64::DecodeError::InvalidLastSymbol(at, _) => {
+                format!("illegal base64 data at input byte {at}")
+            }
+            _ => format!("illegal base64 data at input byte {}", v.len()),
+        })?,
         Some(other) => {
             return Err(format!(
                 "json: cannot unmarshal {} into Go struct field KVTxnOp.KV.Value of type []uint8",
