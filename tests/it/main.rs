@@ -10,6 +10,7 @@ mod differential;
 mod locks;
 mod real_cluster;
 mod real_consul;
+mod request_path;
 mod rs_consul;
 mod shards;
 mod sim_agent;

@@ -87,6 +87,23 @@ pub struct LockGuard {
     released: bool,
 }
 
+impl Client {
+    /// A lock on `key` with Go's defaults (Go's `LockKey`); [`Lock::new`] takes
+    /// [`LockOptions`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: consul_api::Client) -> Result<(), consul_api::Error> {
+    /// let guard = client.lock("service/leader").acquire().await?;
+    /// // … act as the leader, guarding writes with guard.fencing_token() …
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lock(&self, key: impl Into<String>) -> Lock {
+        Lock::new(self.clone(), LockOptions::new(key))
+    }
+}
+
 impl Lock {
     /// A lock with `opts`.
     pub fn new(client: Client, opts: LockOptions) -> Self {
@@ -160,7 +177,7 @@ impl Lock {
                 return Ok(None);
             }
             let opts = QueryOptions::blocking(index, deadline - now).consistent();
-            let (pair, meta) = kv.get(key, &opts).await?;
+            let (pair, meta) = kv.get_with(key, &opts).await?;
             if let Some(p) = &pair {
                 if p.flags != LOCK_FLAG_VALUE {
                     return Err(Error::aborted(format!(
@@ -178,7 +195,7 @@ impl Lock {
                 }
             }
             if kv.acquire(key, self.opts.value.clone(), session, LOCK_FLAG_VALUE).await? {
-                let (pair, _) = kv.get(key, &QueryOptions::default().consistent()).await?;
+                let (pair, _) = kv.get_with(key, &QueryOptions::default().consistent()).await?;
                 match pair {
                     Some(p) if p.session.as_ref() == Some(session) => {
                         return Ok(Some(p.lock_index));
@@ -187,7 +204,7 @@ impl Lock {
                 }
             }
             // Refused while nobody holds it: a lock-delay is running. Wait it out.
-            let (pair, _) = kv.get(key, &QueryOptions::default().consistent()).await?;
+            let (pair, _) = kv.get_with(key, &QueryOptions::default().consistent()).await?;
             if pair.is_some_and(|p| p.session.is_some()) {
                 continue;
             }
@@ -293,7 +310,7 @@ async fn monitor_key(
     let mut failures = 0;
     loop {
         let q = QueryOptions::blocking(index, Duration::from_secs(300)).consistent();
-        match client.kv().get(&key, &q).await {
+        match client.kv().get_with(&key, &q).await {
             Ok((pair, meta)) => {
                 if pair.and_then(|p| p.session).as_ref() != Some(&session) {
                     tracing::warn!(%key, "lock key changed hands; lock lost");

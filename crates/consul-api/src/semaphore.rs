@@ -86,6 +86,24 @@ pub struct SemaphorePermit {
     released: bool,
 }
 
+impl Client {
+    /// A semaphore of `limit` slots under `prefix` with Go's defaults (Go's
+    /// `SemaphorePrefix`); the limit must be at least 1. [`Semaphore::new`] takes
+    /// [`SemaphoreOptions`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: consul_api::Client) -> Result<(), consul_api::Error> {
+    /// let permit = client.semaphore("service/workers", 2)?.acquire().await?;
+    /// // … one of at most two workers …
+    /// permit.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn semaphore(&self, prefix: impl Into<String>, limit: u32) -> Result<Semaphore, Error> {
+        Semaphore::new(self.clone(), SemaphoreOptions::new(prefix, limit))
+    }
+}
+
 impl Semaphore {
     /// A semaphore with `opts`; the limit must be at least 1.
     pub fn new(client: Client, opts: SemaphoreOptions) -> Result<Self, Error> {
@@ -268,7 +286,7 @@ impl SemaphorePermit {
         let key = format!("{}/{SEMAPHORE_LOCK_KEY}", self.prefix);
         for _ in 0..16 {
             let (pair, _) =
-                self.client.kv().get(&key, &QueryOptions::default().consistent()).await?;
+                self.client.kv().get_with(&key, &QueryOptions::default().consistent()).await?;
             let Some(pair) = pair else { break };
             let mut doc: SemaphoreLock =
                 serde_json::from_slice(pair.value.as_deref().unwrap_or(b"{}"))
@@ -323,7 +341,7 @@ async fn monitor_holders(
     let mut failures = 0;
     loop {
         let q = QueryOptions::blocking(index, Duration::from_secs(300)).consistent();
-        match client.kv().get(&key, &q).await {
+        match client.kv().get_with(&key, &q).await {
             Ok((pair, meta)) => {
                 let holds = pair
                     .and_then(|p| serde_json::from_slice::<SemaphoreLock>(p.value.as_deref()?).ok())

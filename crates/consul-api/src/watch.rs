@@ -86,7 +86,7 @@ struct State<F> {
 /// let stream = watch(
 ///     move |opts| {
 ///         let client = client.clone();
-///         async move { client.kv().get("app/config", &opts).await }
+///         async move { client.kv().get_with("app/config", &opts).await }
 ///     },
 ///     WatchOptions::default(),
 /// );

@@ -187,7 +187,7 @@ impl Demo {
             let mut index = Index(0);
             loop {
                 let opts = QueryOptions::blocking(index, Duration::from_secs(30));
-                match observer.kv().get(&format!("prod-config/{SERVICE}/table"), &opts).await {
+                match observer.kv().get_with(&format!("prod-config/{SERVICE}/table"), &opts).await {
                     Ok((pair, meta)) => {
                         index = meta.last_index;
                         if let Some(t) =

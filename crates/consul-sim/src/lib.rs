@@ -15,7 +15,7 @@
 //! let sim = Sim::new(SimConfig::default());
 //! let client = sim.client("app-1");
 //! client.kv().put("app/config", "v1").await?;
-//! let (pair, meta) = client.kv().get("app/config", &QueryOptions::default()).await?;
+//! let (pair, meta) = client.kv().get_with("app/config", &QueryOptions::default()).await?;
 //! assert_eq!(pair.unwrap().value.as_deref(), Some(&b"v1"[..]));
 //! assert!(meta.last_index.0 > 0);
 //!

@@ -277,7 +277,7 @@ impl Shared {
 
     async fn read_table(&self) -> Result<(RoutingTable, Index), ShardError> {
         let opts = QueryOptions::default().consistent();
-        let (pair, _) = self.client.kv().get(&self.opts.table_key(), &opts).await?;
+        let (pair, _) = self.client.kv().get_with(&self.opts.table_key(), &opts).await?;
         match pair {
             None => Ok((RoutingTable::default(), Index(0))),
             Some(p) => {
@@ -365,7 +365,7 @@ async fn watch_key(shared: Arc<Shared>, name: &str, what: &str, apply: fn(&Share
     let mut index = Index(0);
     loop {
         let opts = QueryOptions::blocking(index, Duration::from_secs(60));
-        match shared.client.kv().get(&key, &opts).await {
+        match shared.client.kv().get_with(&key, &opts).await {
             Ok((pair, meta)) => {
                 let (next, changed) = consul_api::watch::advance(index, meta.last_index);
                 index = next;
@@ -456,7 +456,7 @@ impl ShardManager {
             down_since: Mutex::new(HashMap::new()),
             rejected: Mutex::new(None),
         });
-        let (pair, _) = shared.client.kv().get(&config_key, &QueryOptions::default()).await?;
+        let pair = shared.client.kv().get(&config_key).await?;
         if let Some(p) = pair {
             let stored =
                 ShardConfig::from_json(p.value.as_deref().unwrap_or_default(), &config_key);

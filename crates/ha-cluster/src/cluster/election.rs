@@ -43,7 +43,7 @@ pub(super) async fn election_task(shared: Arc<Shared>) {
     loop {
         let opts = QueryOptions::blocking(index, c.watch_wait);
         let kv = shared.client.kv();
-        let read = kv.get(&key, &opts);
+        let read = kv.get_with(&key, &opts);
         tokio::pin!(read);
         // Wait for the read, a wake-up, or the end of our lease, whichever comes first; the
         // lease timer re-arms as heartbeats extend the lease, without dropping the read.
