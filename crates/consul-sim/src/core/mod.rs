@@ -367,7 +367,7 @@ impl Consul {
             Ok(t) => t,
             Err(msg) => return Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg)),
         };
-        if let Some(resp) = self.wrong_datacenter(&req.method, &target) {
+        if let Some(resp) = self.wrong_datacenter(now, req, &target) {
             return Outcome::Done(resp);
         }
         let path = target.path.as_str();
