@@ -52,6 +52,11 @@ pub struct SemaphoreOptions {
     pub session_ttl: Duration,
     /// How long one try waits for a slot.
     pub wait_time: Duration,
+    /// Failed watch reads of `.lock` tolerated before the slot is considered lost (Go's
+    /// `MonitorRetries`; Go's default is 0, ours 3).
+    pub monitor_retries: u32,
+    /// Delay between those retries.
+    pub monitor_retry_time: Duration,
 }
 
 impl SemaphoreOptions {
@@ -64,6 +69,8 @@ impl SemaphoreOptions {
             session_name: "Consul API Semaphore".into(),
             session_ttl: Duration::from_secs(15),
             wait_time: Duration::from_secs(15),
+            monitor_retries: 3,
+            monitor_retry_time: Duration::from_secs(2),
         }
     }
 }
@@ -171,6 +178,7 @@ impl Semaphore {
             self.client.clone(),
             self.lock_key(),
             session.clone(),
+            (self.opts.monitor_retries, self.opts.monitor_retry_time),
             state,
         ));
         let mut tasks = vec![monitor];
@@ -329,20 +337,19 @@ impl Drop for SemaphorePermit {
 }
 
 /// Watches `.lock`: the slot is lost when this holder is no longer listed; failed reads make
-/// it uncertain, and lost after three in a row (Go gives up on the first).
+/// it uncertain, and lost after `retries` failed reads in a row.
 async fn monitor_holders(
     client: Client,
     key: String,
     session: SessionId,
+    (retries, retry_time): (u32, Duration),
     state: signal::Sender<HoldState>,
 ) {
-    const RETRIES: u32 = 3;
-    let mut index = Index(0);
-    let mut failures = 0;
+    let mut watcher = client.watch_key(key.clone(), crate::lock::monitor_options(retry_time));
+    let mut failing = false;
     loop {
-        let q = QueryOptions::blocking(index, Duration::from_secs(300)).consistent();
-        match client.kv().get_with(&key, &q).await {
-            Ok((pair, meta)) => {
+        match watcher.next().await {
+            Ok((pair, _)) => {
                 let holds = pair
                     .and_then(|p| serde_json::from_slice::<SemaphoreLock>(p.value.as_deref()?).ok())
                     .is_some_and(|d| d.holders.contains_key(session.as_str()));
@@ -350,22 +357,18 @@ async fn monitor_holders(
                     set_state(&state, HoldState::Lost);
                     return;
                 }
-                if failures > 0 {
-                    failures = 0;
+                if std::mem::take(&mut failing) {
                     set_state(&state, HoldState::Held);
                 }
-                index =
-                    crate::watch::next_index(index, meta.last_index).unwrap_or(index).max(Index(1));
             }
             Err(e) => {
-                failures += 1;
-                if failures > RETRIES {
+                if watcher.failures() > retries {
                     tracing::warn!(%key, error = %e, "cannot watch the semaphore; slot lost");
                     set_state(&state, HoldState::Lost);
                     return;
                 }
+                failing = true;
                 set_state(&state, HoldState::Uncertain);
-                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
     }
