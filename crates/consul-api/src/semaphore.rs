@@ -176,7 +176,7 @@ impl Semaphore {
         let rx = state.subscribe();
         let monitor = tokio::spawn(monitor_holders(
             self.client.clone(),
-            self.lock_key(),
+            self.opts.prefix.clone(),
             session.clone(),
             (self.opts.monitor_retries, self.opts.monitor_retry_time),
             state,
@@ -336,24 +336,31 @@ impl Drop for SemaphorePermit {
     }
 }
 
-/// Watches `.lock`: the slot is lost when this holder is no longer listed; failed reads make
-/// it uncertain, and lost after `retries` failed reads in a row.
+/// Watches the prefix, as Go's `monitorLock` does: the slot is lost when this holder is no
+/// longer listed in `.lock` once dead holders (whose contender key is gone or unheld) are
+/// pruned; failed reads make it uncertain, and lost after `retries` failed reads in a row.
 async fn monitor_holders(
     client: Client,
-    key: String,
+    prefix: String,
     session: SessionId,
     (retries, retry_time): (u32, Duration),
     state: signal::Sender<HoldState>,
 ) {
-    let mut watcher = client.watch_key(key.clone(), crate::lock::monitor_options(retry_time));
+    let lock_key = format!("{prefix}/{SEMAPHORE_LOCK_KEY}");
+    let mut watcher = client.watch_prefix(prefix.clone(), crate::lock::monitor_options(retry_time));
     let mut failing = false;
     loop {
         match watcher.next().await {
-            Ok((pair, _)) => {
-                let holds = pair
-                    .and_then(|p| serde_json::from_slice::<SemaphoreLock>(p.value.as_deref()?).ok())
-                    .is_some_and(|d| d.holders.contains_key(session.as_str()));
+            Ok((pairs, _)) => {
+                let doc = pairs.iter().find(|p| p.key == lock_key).and_then(|p| {
+                    serde_json::from_slice::<SemaphoreLock>(p.value.as_deref()?).ok()
+                });
+                let holds = doc.is_some_and(|mut d| {
+                    prune(&mut d, &pairs, &prefix);
+                    d.holders.contains_key(session.as_str())
+                });
                 if !holds {
+                    tracing::warn!(%prefix, "semaphore slot lost");
                     set_state(&state, HoldState::Lost);
                     return;
                 }
@@ -363,7 +370,7 @@ async fn monitor_holders(
             }
             Err(e) => {
                 if watcher.failures() > retries {
-                    tracing::warn!(%key, error = %e, "cannot watch the semaphore; slot lost");
+                    tracing::warn!(%prefix, error = %e, "cannot watch the semaphore; slot lost");
                     set_state(&state, HoldState::Lost);
                     return;
                 }
