@@ -19,7 +19,7 @@ use crate::{Error, Request, Response, Transport};
 ///
 /// Endpoints are grouped as in Consul's API: [`kv`](Client::kv), [`txn`](Client::txn),
 /// [`session`](Client::session), [`agent`](Client::agent), [`catalog`](Client::catalog),
-/// [`health`](Client::health), [`status`](Client::status).
+/// [`health`](Client::health), [`status`](Client::status), [`event`](Client::event).
 ///
 /// Every request goes through one place, [`Client::raw`]'s preparation, which applies the
 /// client's [`RequestDefaults`] (datacenter, consistency, blocking wait, token) and the

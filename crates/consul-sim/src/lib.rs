@@ -27,6 +27,46 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! consul-api's common cases, run on the sim (consul-api's own examples cannot run: it sits
+//! below this crate):
+//!
+//! ```
+//! use std::time::Duration;
+//! use consul_api::watch::WatchOptions;
+//! use consul_sim::{Sim, SimConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), consul_api::Error> {
+//! let client = Sim::new(SimConfig::default()).client("app-1");
+//!
+//! // Reads without ceremony.
+//! client.kv().put("app/config", "v1").await?;
+//! let pair = client.kv().get("app/config").await?;
+//! assert_eq!(pair.and_then(|p| p.value).as_deref(), Some(&b"v1"[..]));
+//! assert!(client.kv().get("app/missing").await?.is_none());
+//!
+//! // A lock and a semaphore, as Go's `LockKey` and `SemaphorePrefix`.
+//! let leader = client.lock("app/leader").acquire().await?;
+//! assert!(leader.fencing_token().0 >= 1);
+//! assert!(leader.release().await?, "released while held");
+//! let workers = client.semaphore("app/workers", 2)?;
+//! let (one, two) = (workers.acquire().await?, workers.acquire().await?);
+//! assert!(workers.try_acquire().await?.is_none(), "two slots, both taken");
+//! one.release().await?;
+//! two.release().await?;
+//!
+//! // One watch primitive: the first read answers at once, the next one when the key changes.
+//! let mut config = client.watch_key("app/config", WatchOptions::with_wait(Duration::from_secs(30)));
+//! let (first, _) = config.next().await?;
+//! assert_eq!(first.and_then(|p| p.value).as_deref(), Some(&b"v1"[..]));
+//! let writer = client.clone();
+//! tokio::spawn(async move { writer.kv().put("app/config", "v2").await });
+//! let (changed, _) = config.next().await?;
+//! assert_eq!(changed.and_then(|p| p.value).as_deref(), Some(&b"v2"[..]));
+//! # Ok(())
+//! # }
+//! ```
 
 // The request path answers bad input with an error, never a panic: no indexing or slicing
 // that can go out of bounds, no unwrap or expect, outside tests.
