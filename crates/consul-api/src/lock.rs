@@ -189,7 +189,7 @@ impl Lock {
                 match &p.session {
                     Some(s) if s == session => return Ok(Some(p.lock_index)),
                     Some(_) => {
-                        index = meta.last_index.max(Index(1));
+                        index = crate::watch::advance(index, meta.last_index).0;
                         continue;
                     }
                     None => {}

@@ -206,7 +206,7 @@ impl Semaphore {
             let (lock_pair, mut doc) = self.decode(&pairs)?;
             prune(&mut doc, &pairs, &self.opts.prefix);
             if doc.holders.len() as u32 >= self.opts.limit {
-                index = meta.last_index.max(Index(1));
+                index = crate::watch::advance(index, meta.last_index).0;
                 continue;
             }
             doc.holders.insert(session.to_string(), true);
