@@ -21,10 +21,10 @@ use crate::{Error, Request, Response, Transport};
 /// [`session`](Client::session), [`agent`](Client::agent), [`catalog`](Client::catalog),
 /// [`health`](Client::health), [`status`](Client::status), [`event`](Client::event).
 ///
-/// Every request goes through one place, [`Client::raw`]'s preparation, which applies the
-/// client's [`RequestDefaults`] (datacenter, consistency, blocking wait, token) and the
-/// request's own [`QueryOptions`] on top of them: reads, writes, transactions, blocking
-/// reads, sessions, agent, catalog, health, status and events alike.
+/// Every request goes through one preparation (the one [`Client::raw`] uses too): the
+/// client's [`RequestDefaults`] (datacenter, consistency, blocking wait, token) with the
+/// request's own [`QueryOptions`] on top: reads, writes, transactions, blocking reads,
+/// sessions, agent, catalog, health, status and events alike.
 #[derive(Clone, Debug)]
 pub struct Client {
     transport: Arc<dyn Transport>,
