@@ -147,16 +147,18 @@ async fn monitor_retries(b: &Backend) {
     // Touch the key (same session, same value): the holder's blocking read returns, and its
     // next read fails.
     assert!(b.client.kv().acquire(&key, "", &session, LOCK_FLAG_VALUE).await.unwrap());
-    eventually(Duration::from_secs(3), "uncertain while cut off", || {
+    eventually(Duration::from_secs(3), &format!("{}: uncertain while cut off", b.name), || {
         held.state() == HoldState::Uncertain
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(held.state(), HoldState::Uncertain, "{}: tolerated, not lost", b.name);
     cut.store(false, Ordering::SeqCst);
-    eventually(Duration::from_secs(3), "held again once Consul answers", || {
-        held.state() == HoldState::Held
-    })
+    eventually(
+        Duration::from_secs(3),
+        &format!("{}: held again once Consul answers", b.name),
+        || held.state() == HoldState::Held,
+    )
     .await;
     assert!(held.release().await.unwrap(), "{}", b.name);
 
