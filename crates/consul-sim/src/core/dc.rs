@@ -32,6 +32,7 @@ fn is_blocking_read(method: &Method, path: &str) -> bool {
 
 /// Answers Consul's HTTP layer gives before any RPC: no such endpoint (a bare 404), a method
 /// the endpoint does not take (405), a bad parameter or body (400), a body too large (413),
+/// ACLs disabled (401),
 /// KV flags that are not a number (a 500 from Go's `strconv`). Consul 1.8.7 reads
 /// `?passing` only after the RPC, so that 400 is not one of them.
 fn rejected_before_rpc(resp: &SimResponse) -> bool {
@@ -41,7 +42,10 @@ fn rejected_before_rpc(resp: &SimResponse) -> bool {
         && !resp.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("X-Consul-Index"));
     match resp.status {
         StatusCode::BAD_REQUEST => !body.starts_with("Invalid value for ?passing"),
-        StatusCode::METHOD_NOT_ALLOWED | StatusCode::PAYLOAD_TOO_LARGE => true,
+        // With ACLs disabled, `/v1/acl/*` answers 401 before anything else.
+        StatusCode::UNAUTHORIZED
+        | StatusCode::METHOD_NOT_ALLOWED
+        | StatusCode::PAYLOAD_TOO_LARGE => true,
         StatusCode::INTERNAL_SERVER_ERROR => body.starts_with("strconv.ParseUint"),
         _ => bare_404,
     }

@@ -6,6 +6,7 @@
 //! [`Consul::advance`]. Nothing here reads a clock, touches a socket or knows of tokio, so
 //! the same inputs always give the same outputs.
 
+mod acl;
 mod agent;
 mod blocking;
 mod catalog;
@@ -432,6 +433,9 @@ impl Consul {
         let m = &req.method;
         if let Some(key) = path.strip_prefix("/v1/kv/") {
             return self.kv_endpoint(now, m, key, t, req);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/acl/") {
+            return self.acl_endpoint(m, rest);
         }
         if path == "/v1/txn" {
             expect(m, &Method::PUT, path)?;
