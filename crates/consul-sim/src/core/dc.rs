@@ -32,7 +32,7 @@ fn is_blocking_read(method: &Method, path: &str) -> bool {
 
 /// Answers Consul's HTTP layer gives before any RPC: no such endpoint (a bare 404), a method
 /// the endpoint does not take (405), a bad parameter or body (400), a body too large (413),
-/// ACLs disabled (401),
+/// ACLs disabled (401), the answer to `OPTIONS` (200 with `Allow`),
 /// KV flags that are not a number (a 500 from Go's `strconv`). Consul 1.8.7 reads
 /// `?passing` only after the RPC, so that 400 is not one of them.
 fn rejected_before_rpc(resp: &SimResponse) -> bool {
@@ -47,6 +47,8 @@ fn rejected_before_rpc(resp: &SimResponse) -> bool {
         | StatusCode::METHOD_NOT_ALLOWED
         | StatusCode::PAYLOAD_TOO_LARGE => true,
         StatusCode::INTERNAL_SERVER_ERROR => body.starts_with("strconv.ParseUint"),
+        // `OPTIONS` is answered before any handler runs.
+        StatusCode::OK => resp.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("Allow")),
         _ => bare_404,
     }
 }

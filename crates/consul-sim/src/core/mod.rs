@@ -671,10 +671,14 @@ pub(crate) fn expect(actual: &Method, want: &Method, _path: &str) -> Result<(), 
 }
 
 impl ApiError {
-    /// 405 with Consul's text and its `Allow` header (`OPTIONS,GET`…).
+    /// 405 with Consul's text and its `Allow` header (`OPTIONS,GET`…); to `OPTIONS`, which
+    /// every endpoint takes, an empty 200 with that header, as Consul answers it.
     pub(crate) fn method_not_allowed(actual: &Method, allow: &str) -> ApiError {
-        let mut e =
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed"));
+        let mut e = if actual == Method::OPTIONS {
+            ApiError::new(StatusCode::OK, "")
+        } else {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed"))
+        };
         e.allow = Some(allow.to_string());
         e
     }
