@@ -136,3 +136,34 @@ async fn a_read_s_own_options_override_the_client_defaults_on_the_wire() {
         assert!(!seen[2].contains("stale"), "{}: a write carries no read mode: {seen:?}", b.name);
     }
 }
+
+#[tokio::test]
+async fn a_watch_blocks_with_the_client_s_default_wait_unless_it_sets_its_own() {
+    use consul_api::RequestDefaults;
+    use consul_api::watch::WatchOptions;
+    for b in backends().await {
+        let key = unique("watch-wait");
+        b.client.kv().put(&key, "v").await.unwrap();
+        let defaults =
+            RequestDefaults { wait: Some(Duration::from_millis(300)), ..Default::default() };
+        let (c, seen) = recorded(&b.client.clone().with_defaults(defaults));
+        let mut w = c.watch_key(key.clone(), WatchOptions::default());
+        w.next().await.unwrap();
+        // Nothing changes: the second read times out after the client's wait, and reads again.
+        let idle = tokio::time::timeout(Duration::from_millis(900), w.next()).await;
+        assert!(idle.is_err(), "{}: no change, nothing to report", b.name);
+        let own = WatchOptions::with_wait(Duration::from_millis(200));
+        let mut w = c.watch_key(key, own);
+        w.next().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(300), w.next()).await;
+        let seen = seen.lock().unwrap().clone();
+        assert!(!seen[0].contains("wait="), "{}: the first read does not block: {seen:?}", b.name);
+        assert!(seen[1].contains("wait=300ms"), "{}: {seen:?}", b.name);
+        assert!(seen.iter().any(|l| l.contains("wait=200ms")), "{}: {seen:?}", b.name);
+        assert!(
+            seen.iter().filter(|l| l.contains("wait=300ms")).count() >= 2,
+            "{}: {seen:?}",
+            b.name
+        );
+    }
+}

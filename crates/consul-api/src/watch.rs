@@ -38,8 +38,9 @@ use crate::{Client, Error};
 pub struct WatchOptions {
     /// The base query options (consistency, token, …); `index` and `wait` are managed.
     pub query: QueryOptions,
-    /// How long each blocking read may wait.
-    pub wait: Duration,
+    /// How long each blocking read may wait; `None`: the client's default wait
+    /// ([`RequestDefaults::wait`](crate::RequestDefaults::wait)), else Consul's 5 minutes.
+    pub wait: Option<Duration>,
     /// The shortest time between two reads, however fast the index moves (0: no limit).
     pub min_interval: Duration,
     /// The first delay after an error; doubles up to `max_backoff`. Each delay is drawn
@@ -55,7 +56,7 @@ impl Default for WatchOptions {
     fn default() -> Self {
         WatchOptions {
             query: QueryOptions::default(),
-            wait: Duration::from_secs(300),
+            wait: None,
             min_interval: Duration::from_millis(10),
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
@@ -67,7 +68,7 @@ impl Default for WatchOptions {
 impl WatchOptions {
     /// Blocking reads of up to `wait` each, the other options at their defaults.
     pub fn with_wait(wait: Duration) -> Self {
-        WatchOptions { wait, ..Default::default() }
+        WatchOptions { wait: Some(wait), ..Default::default() }
     }
 
     /// The same options, with consistent reads (`?consistent`).
@@ -166,7 +167,7 @@ impl<T: Send + 'static> Watcher<T> {
             self.last_read = Some(Instant::now());
             let mut q = self.opts.query.clone();
             q.index = self.index;
-            q.wait = (self.index.0 > 0).then_some(self.opts.wait);
+            q.wait = if self.index.0 > 0 { self.opts.wait.or(q.wait) } else { None };
             match (self.query)(q).await {
                 Ok((value, meta)) => {
                     self.failures = 0;

@@ -363,7 +363,7 @@ async fn controller_task(shared: Arc<Shared>) {
 /// value to `apply`; `what` names it in logs.
 async fn watch_key(shared: Arc<Shared>, name: &str, what: &str, apply: fn(&Shared, &[u8])) {
     let opts = WatchOptions {
-        wait: Duration::from_secs(60),
+        wait: Some(Duration::from_secs(60)),
         min_interval: Duration::ZERO,
         initial_backoff: shared.opts.tick,
         max_backoff: shared.opts.tick,

@@ -176,7 +176,7 @@ impl Shared {
         let c = &self.config;
         consul_api::watch::WatchOptions {
             query: QueryOptions::default(),
-            wait: c.watch_wait,
+            wait: Some(c.watch_wait),
             min_interval: std::time::Duration::ZERO,
             initial_backoff: c.retry_min,
             max_backoff: c.retry_max,
