@@ -49,7 +49,9 @@ fn parked_elsewhere(rt: &tokio::runtime::Runtime, parked: usize) {
         .map(|i| {
             let client = client.clone();
             let opts = QueryOptions::blocking(consul_api::Index(index), Duration::from_secs(300));
-            rt.spawn(async move { client.kv().get(&format!("watch/{i:05}"), &opts).await.is_ok() })
+            rt.spawn(
+                async move { client.kv().get_with(&format!("watch/{i:05}"), &opts).await.is_ok() },
+            )
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500 + parked as u64 / 10)); // let every reader park
@@ -86,7 +88,8 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(4));
     g.bench_function("in-process/kv-get", |b| {
         b.iter(|| {
-            rt.block_on(local.kv().get(black_box("bench/key"), &QueryOptions::default())).unwrap()
+            rt.block_on(local.kv().get_with(black_box("bench/key"), &QueryOptions::default()))
+                .unwrap()
         })
     });
     let mut n = 0u64;
@@ -150,7 +153,8 @@ fn bench(c: &mut Criterion) {
         rs_consul::Consul::new(rs_consul::Config { address: server.url(), ..Default::default() });
     g.bench_function("http/kv-get/ours", |b| {
         b.iter(|| {
-            rt.block_on(ours.kv().get(black_box("bench/key"), &QueryOptions::default())).unwrap()
+            rt.block_on(ours.kv().get_with(black_box("bench/key"), &QueryOptions::default()))
+                .unwrap()
         })
     });
     g.bench_function("http/kv-get/rs-consul", |b| {
@@ -168,13 +172,13 @@ fn bench(c: &mut Criterion) {
     let mut wake_times = Vec::new();
     for round in 0..5 {
         let (_, meta) =
-            rt.block_on(local.kv().get("bench/watched", &QueryOptions::default())).unwrap();
+            rt.block_on(local.kv().get_with("bench/watched", &QueryOptions::default())).unwrap();
         let handles: Vec<_> = (0..watchers)
             .map(|_| {
                 let client = local.clone();
                 let opts = QueryOptions::blocking(meta.last_index, Duration::from_secs(300));
                 rt.spawn(async move {
-                    client.kv().get("bench/watched", &opts).await.map(|r| r.1.last_index)
+                    client.kv().get_with("bench/watched", &opts).await.map(|r| r.1.last_index)
                 })
             })
             .collect();

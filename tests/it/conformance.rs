@@ -35,7 +35,7 @@ async fn kv_round_trips_binary_values_flags_and_odd_keys() {
             )
             .await
             .unwrap_or_else(|e| panic!("{}: put {key:?}: {e}", b.name));
-            let (pair, meta) = kv.get(&key, &q()).await.unwrap();
+            let (pair, meta) = kv.get_with(&key, &q()).await.unwrap();
             let pair = pair.unwrap_or_else(|| panic!("{}: {key:?} missing", b.name));
             assert_eq!(pair.key, key, "{}", b.name);
             assert_eq!(pair.value.as_ref(), Some(&binary), "{}", b.name);
@@ -44,9 +44,13 @@ async fn kv_round_trips_binary_values_flags_and_odd_keys() {
             assert_eq!(kv.get_raw(&key, &q()).await.unwrap().0, Some(binary.clone()), "{}", b.name);
         }
         // A leading slash is the same key.
-        assert!(kv.get(&format!("/{base}/plain"), &q()).await.unwrap().0.is_some(), "{}", b.name);
+        assert!(
+            kv.get_with(&format!("/{base}/plain"), &q()).await.unwrap().0.is_some(),
+            "{}",
+            b.name
+        );
         // A missing key is Ok(None), with an index.
-        let (missing, meta) = kv.get(&format!("{base}/nope"), &q()).await.unwrap();
+        let (missing, meta) = kv.get_with(&format!("{base}/nope"), &q()).await.unwrap();
         assert!(missing.is_none() && meta.last_index.0 > 0, "{}", b.name);
         // An empty key is rejected before sending.
         assert!(kv.put("", "x").await.unwrap_err().is_invalid(), "{}", b.name);
@@ -90,7 +94,7 @@ async fn check_and_set_writes_only_at_the_expected_index() {
             "{}: cas 0 on an existing key",
             b.name
         );
-        let (pair, _) = kv.get(&key, &q()).await.unwrap();
+        let (pair, _) = kv.get_with(&key, &q()).await.unwrap();
         let pair = pair.unwrap();
         assert!(
             !kv.cas(&key, "stale", Index(pair.modify_index.0 + 1000)).await.unwrap(),
@@ -98,7 +102,7 @@ async fn check_and_set_writes_only_at_the_expected_index() {
             b.name
         );
         assert!(kv.cas(&key, "second", pair.modify_index).await.unwrap(), "{}", b.name);
-        let (after, _) = kv.get(&key, &q()).await.unwrap();
+        let (after, _) = kv.get_with(&key, &q()).await.unwrap();
         let after = after.unwrap();
         assert_eq!(after.value.as_deref(), Some(&b"second"[..]), "{}", b.name);
         assert_eq!(after.create_index, pair.create_index, "{}", b.name);
@@ -128,17 +132,22 @@ async fn locks_count_new_holders_and_release_keeps_the_lock_index() {
             b.name
         );
         assert!(!kv.acquire(&key, "s2", &s2, 0).await.unwrap(), "{}: held by another", b.name);
-        let held = kv.get(&key, &q()).await.unwrap().0.unwrap();
+        let held = kv.get_with(&key, &q()).await.unwrap().0.unwrap();
         assert_eq!(held.lock_index, Index(1), "{}", b.name);
         assert_eq!(held.session.as_ref(), Some(&s1), "{}", b.name);
         assert!(!kv.release(&key, "x", &s2, 0).await.unwrap(), "{}: release by non-holder", b.name);
         assert!(kv.release(&key, "free", &s1, 0).await.unwrap(), "{}", b.name);
-        let released = kv.get(&key, &q()).await.unwrap().0.unwrap();
+        let released = kv.get_with(&key, &q()).await.unwrap().0.unwrap();
         assert_eq!(released.lock_index, Index(1), "{}", b.name);
         assert_eq!(released.session, None, "{}", b.name);
         // An explicit release starts no lock-delay: the next holder gets it at once.
         assert!(kv.acquire(&key, "s2", &s2, 0).await.unwrap(), "{}", b.name);
-        assert_eq!(kv.get(&key, &q()).await.unwrap().0.unwrap().lock_index, Index(2), "{}", b.name);
+        assert_eq!(
+            kv.get_with(&key, &q()).await.unwrap().0.unwrap().lock_index,
+            Index(2),
+            "{}",
+            b.name
+        );
         // Acquiring with a session that does not exist is a 500 naming it.
         let bogus = SessionId("00000000-0000-0000-0000-000000000000".into());
         let err = kv.acquire(&key, "x", &bogus, 0).await.unwrap_err();
@@ -175,7 +184,7 @@ async fn transactions_commit_all_or_nothing() {
         assert_eq!(errors.len(), 1, "{}", b.name);
         assert_eq!(errors[0].op_index, 1, "{}", b.name);
         assert_eq!(kv.get_raw(&a, &q()).await.unwrap().0.as_deref(), Some(&b"1"[..]), "{}", b.name);
-        assert!(kv.get(&c, &q()).await.unwrap().0.is_some(), "{}", b.name);
+        assert!(kv.get_with(&c, &q()).await.unwrap().0.is_some(), "{}", b.name);
         // Too many operations never leave the client.
         let many: Vec<KvOp> = (0..129).map(|i| KvOp::set(format!("{base}/{i}"), "x")).collect();
         assert!(txn.execute(&many).await.unwrap_err().is_invalid(), "{}", b.name);
@@ -278,10 +287,10 @@ async fn blocking_queries_wake_on_a_write_and_time_out_without_one() {
         let kv = b.client.kv();
         let key = unique("block");
         kv.put(&key, "v1").await.unwrap();
-        let (_, meta) = kv.get(&key, &q()).await.unwrap();
+        let (_, meta) = kv.get_with(&key, &q()).await.unwrap();
         // No write: the wait runs out and the same index comes back.
         let opts = QueryOptions::blocking(meta.last_index, Duration::from_millis(300));
-        let (_, same) = kv.get(&key, &opts).await.unwrap();
+        let (_, same) = kv.get_with(&key, &opts).await.unwrap();
         assert_eq!(same.last_index, meta.last_index, "{}", b.name);
         // A write wakes the query with a higher index.
         let writer = b.client.clone();
@@ -291,7 +300,7 @@ async fn blocking_queries_wake_on_a_write_and_time_out_without_one() {
             writer.kv().put(&k, "v2").await.unwrap();
         });
         let opts = QueryOptions::blocking(meta.last_index, Duration::from_secs(10));
-        let (pair, after) = kv.get(&key, &opts).await.unwrap();
+        let (pair, after) = kv.get_with(&key, &opts).await.unwrap();
         write.await.unwrap();
         assert!(after.last_index > meta.last_index, "{}", b.name);
         assert_eq!(pair.unwrap().value.as_deref(), Some(&b"v2"[..]), "{}", b.name);
@@ -304,7 +313,7 @@ async fn a_blocking_read_of_a_missing_key_waits_for_it_to_appear() {
     for b in backends().await {
         let kv = b.client.kv();
         let key = unique("appears");
-        let (none, meta) = kv.get(&key, &q()).await.unwrap();
+        let (none, meta) = kv.get_with(&key, &q()).await.unwrap();
         assert!(none.is_none() && meta.last_index.0 > 0, "{}: a 404 carries the index", b.name);
         let writer = b.client.clone();
         let k = key.clone();
@@ -314,7 +323,7 @@ async fn a_blocking_read_of_a_missing_key_waits_for_it_to_appear() {
         });
         let started = std::time::Instant::now();
         let opts = QueryOptions::blocking(meta.last_index, Duration::from_secs(10));
-        let (pair, after) = kv.get(&key, &opts).await.unwrap();
+        let (pair, after) = kv.get_with(&key, &opts).await.unwrap();
         write.await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(150), "{}: it blocked", b.name);
         assert!(after.last_index > meta.last_index, "{}", b.name);
@@ -366,7 +375,7 @@ async fn a_released_lock_keeps_its_value_and_a_gone_session_releases_nothing() {
         let session = guard.session().clone();
         guard.release().await.unwrap();
         // Go's Unlock sends the lock's value with the release: the key keeps it.
-        let (pair, _) = b.client.kv().get(&key, &q()).await.unwrap();
+        let (pair, _) = b.client.kv().get_with(&key, &q()).await.unwrap();
         let pair = pair.unwrap_or_else(|| panic!("{}: the lock key is gone", b.name));
         assert_eq!(pair.value.as_deref(), Some(&b"node-a"[..]), "{}", b.name);
         assert_eq!(pair.session, None, "{}", b.name);

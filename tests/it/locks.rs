@@ -29,7 +29,7 @@ async fn a_session_expires_after_its_ttl_and_its_lock_waits_out_the_lock_delay()
     assert!(c.session().info(&s1, &QueryOptions::default()).await.unwrap().0.is_some());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(c.session().info(&s1, &QueryOptions::default()).await.unwrap().0.is_none());
-    let pair = c.kv().get("leader", &QueryOptions::default()).await.unwrap().0.unwrap();
+    let pair = c.kv().get("leader").await.unwrap().unwrap();
     assert_eq!(pair.session, None, "behavior release frees the key");
     // The lock-delay (5 s from the expiry at 20 s) blocks every new holder until 25 s.
     let s2 = c.session().create(&SessionRequest::default()).await.unwrap();
@@ -38,10 +38,7 @@ async fn a_session_expires_after_its_ttl_and_its_lock_waits_out_the_lock_delay()
     assert!(!c.kv().acquire("leader", "b", &s2, 0).await.unwrap());
     tokio::time::sleep_until(start + Duration::from_millis(25_001)).await;
     assert!(c.kv().acquire("leader", "b", &s2, 0).await.unwrap());
-    assert_eq!(
-        c.kv().get("leader", &QueryOptions::default()).await.unwrap().0.unwrap().lock_index,
-        Index(2)
-    );
+    assert_eq!(c.kv().get("leader").await.unwrap().unwrap().lock_index, Index(2));
 }
 
 #[tokio::test(start_paused = true)]
@@ -72,7 +69,7 @@ async fn a_lock_hands_over_at_once_on_release_with_a_higher_fencing_token() {
     let pair = sim
         .client("x")
         .kv()
-        .get("service/leader", &QueryOptions::default())
+        .get_with("service/leader", &QueryOptions::default())
         .await
         .unwrap()
         .0
@@ -140,8 +137,12 @@ async fn a_semaphore_admits_at_most_its_limit() {
     assert!(!waiter.is_finished());
     s1.release().await.unwrap();
     let s3 = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
-    let (pair, _) =
-        sim.client("x").kv().get("service/workers/.lock", &QueryOptions::default()).await.unwrap();
+    let (pair, _) = sim
+        .client("x")
+        .kv()
+        .get_with("service/workers/.lock", &QueryOptions::default())
+        .await
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&pair.unwrap().value.unwrap()).unwrap();
     assert_eq!(doc["Limit"], 2);
     assert_eq!(doc["Holders"].as_object().unwrap().len(), 2);

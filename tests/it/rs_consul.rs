@@ -47,7 +47,7 @@ async fn rs_consul_locks_with_a_session() {
     // Our client sees the same lock, held by rs-consul's session.
     let ours = sim.client("observer");
     let (pair, _) =
-        ours.kv().get("service/leader", &consul_api::QueryOptions::default()).await.unwrap();
+        ours.kv().get_with("service/leader", &consul_api::QueryOptions::default()).await.unwrap();
     let pair = pair.unwrap();
     assert_eq!(pair.session.as_ref().map(|s| s.as_str()), Some(lock.session_id.as_str()));
     assert_eq!(pair.lock_index, consul_api::Index(1));
@@ -57,7 +57,7 @@ async fn rs_consul_locks_with_a_session() {
     assert!(second.is_err(), "a held lock cannot be taken by another session");
     drop(lock);
     let (pair, _) =
-        ours.kv().get("service/leader", &consul_api::QueryOptions::default()).await.unwrap();
+        ours.kv().get_with("service/leader", &consul_api::QueryOptions::default()).await.unwrap();
     assert_eq!(pair.unwrap().session, None, "dropping rs-consul's lock released it in the sim");
 }
 

@@ -86,7 +86,7 @@ async fn a_new_leader_finishes_a_rebalance_its_predecessor_started() {
         let mut index = Index(0);
         loop {
             let opts = QueryOptions::blocking(index, Duration::from_secs(30));
-            let Ok((pair, meta)) = observer.kv().get("prod-config/orders/table", &opts).await
+            let Ok((pair, meta)) = observer.kv().get_with("prod-config/orders/table", &opts).await
             else {
                 continue;
             };

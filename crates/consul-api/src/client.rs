@@ -10,24 +10,31 @@ use serde::de::DeserializeOwned;
 
 use crate::http::{HttpOptions, HttpTransport};
 use crate::layers::{Retry, RetryPolicy, Token};
-use crate::types::{Consistency, DEFAULT_WAIT, Index, MAX_WAIT, QueryMeta, QueryOptions};
+use crate::types::{
+    Consistency, DEFAULT_WAIT, Index, MAX_WAIT, QueryMeta, QueryOptions, RequestDefaults,
+};
 use crate::{Error, Request, Response, Transport};
 
 /// A Consul client. Cheap to clone: clones share one transport and its connection pool.
 ///
 /// Endpoints are grouped as in Consul's API: [`kv`](Client::kv), [`txn`](Client::txn),
 /// [`session`](Client::session), [`agent`](Client::agent), [`catalog`](Client::catalog),
-/// [`health`](Client::health), [`status`](Client::status).
+/// [`health`](Client::health), [`status`](Client::status), [`event`](Client::event).
+///
+/// Every request goes through one preparation (the one [`Client::raw`] uses too): the
+/// client's [`RequestDefaults`] (datacenter, consistency, blocking wait, token) with the
+/// request's own [`QueryOptions`] on top: reads, writes, transactions, blocking reads,
+/// sessions, agent, catalog, health, status and events alike.
 #[derive(Clone, Debug)]
 pub struct Client {
     transport: Arc<dyn Transport>,
-    datacenter: Option<String>,
+    defaults: Arc<RequestDefaults>,
 }
 
 impl Client {
     /// A client over any transport (HTTP, the in-process simulator, a test double).
     pub fn new(transport: impl Transport) -> Self {
-        Client { transport: Arc::new(transport), datacenter: None }
+        Client { transport: Arc::new(transport), defaults: Arc::default() }
     }
 
     /// This client with its transport wrapped in `layer` (metrics, tracing, fault
@@ -57,27 +64,64 @@ impl Client {
         }
     }
 
-    /// The same client, sending `?dc=` on every request that names none.
+    /// The same client, sending `?dc=` on every request that names none (as Go's client
+    /// does, agent endpoints included: Consul answers those locally whatever `dc` says).
     pub fn with_datacenter(mut self, dc: impl Into<String>) -> Self {
-        self.datacenter = Some(dc.into());
+        Arc::make_mut(&mut self.defaults).datacenter = Some(dc.into());
         self
     }
 
-    /// Sends `req` as it is and returns Consul's answer, whatever its status.
+    /// The same client, reading with `consistency` unless a read asks for another mode.
+    pub fn with_consistency(mut self, consistency: Consistency) -> Self {
+        Arc::make_mut(&mut self.defaults).consistency = consistency;
+        self
+    }
+
+    /// The same client, sending `token` as `X-Consul-Token` on every request that carries
+    /// none of its own (a per-read [`QueryOptions::token`] still wins).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.defaults).token = Some(token.into());
+        self
+    }
+
+    /// The same client, with `defaults` applied to every request.
+    pub fn with_defaults(mut self, defaults: RequestDefaults) -> Self {
+        self.defaults = Arc::new(defaults);
+        self
+    }
+
+    /// What this client applies to every request that does not say otherwise.
+    pub fn defaults(&self) -> &RequestDefaults {
+        &self.defaults
+    }
+
+    /// Sends `req` with the client's defaults applied (datacenter, token, consistency for
+    /// reads) and returns Consul's answer, whatever its status. A `dc` already in
+    /// `req.query`, or a token header already set, is kept.
     pub async fn raw(&self, req: Request) -> Result<Response, Error> {
-        self.transport.send(req).await
+        self.exchange(req, &QueryOptions::default()).await.map(|(resp, _)| resp)
+    }
+
+    /// The one request path: prepares `req` with `opts` over the client's defaults, sends
+    /// it, and names the request line in a transport error. Returns the answer and that
+    /// request line, for the caller's own errors.
+    async fn exchange(
+        &self,
+        req: Request,
+        opts: &QueryOptions,
+    ) -> Result<(Response, String), Error> {
+        let req = prepare(req, opts, &self.defaults);
+        let context = format!("{} {}", req.method, req.path);
+        match self.transport.send(req).await {
+            Ok(resp) => Ok((resp, context)),
+            Err(e) => Err(e.with_context(context)),
+        }
     }
 
     /// Sends `req`; a non-2xx answer becomes an [`Error`] carrying the status, Consul's
     /// message and the request line.
-    pub(crate) async fn send(&self, mut req: Request) -> Result<Response, Error> {
-        if let Some(dc) = &self.datacenter
-            && !req.query.iter().any(|(k, _)| k == "dc")
-        {
-            req.query.push(("dc".into(), dc.clone()));
-        }
-        let context = format!("{} {}", req.method, req.path);
-        let resp = self.transport.send(req).await.map_err(|e| e.with_context(context.clone()))?;
+    pub(crate) async fn send(&self, req: Request) -> Result<Response, Error> {
+        let (resp, context) = self.exchange(req, &QueryOptions::default()).await?;
         if resp.status.is_success() {
             Ok(resp)
         } else {
@@ -103,9 +147,7 @@ impl Client {
         req: Request,
         opts: &QueryOptions,
     ) -> Result<(Option<Bytes>, QueryMeta), Error> {
-        let req = apply_query_options(req, opts);
-        let context = format!("{} {}", req.method, req.path);
-        let resp = self.transport.send(req).await.map_err(|e| e.with_context(context.clone()))?;
+        let (resp, context) = self.exchange(req, opts).await?;
         let meta = query_meta(&resp);
         match resp.status {
             s if s.is_success() => Ok((Some(resp.body), meta)),
@@ -317,32 +359,52 @@ impl ClientBuilder {
             Some(t) => Client::new(Token::new(http, t)?),
             None => Client::new(http),
         };
-        Ok(Client { datacenter: self.datacenter, ..client })
+        Ok(match self.datacenter {
+            Some(dc) => client.with_datacenter(dc),
+            None => client,
+        })
     }
 }
 
-/// Adds the query options to a request; sets the transport timeout a blocking query needs.
-pub(crate) fn apply_query_options(mut req: Request, opts: &QueryOptions) -> Request {
-    if opts.index.0 > 0 {
-        let wait = opts.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
-        req = req
-            .query("index", opts.index.0.to_string())
-            .query("wait", format!("{}ms", wait.as_millis()));
-        // Consul adds up to wait/16 of jitter; leave room for it and for the network.
-        req.timeout = Some(wait + wait / 16 + Duration::from_secs(5));
+/// Applies the request's options over the client's defaults, in one place for every
+/// request: `dc` (unless the request names one), the token header (unless one is set), and
+/// for reads the consistency mode, the filter, and the blocking `index`/`wait` with the
+/// transport timeout a blocking read needs.
+pub(crate) fn prepare(
+    mut req: Request,
+    opts: &QueryOptions,
+    defaults: &RequestDefaults,
+) -> Request {
+    if req.method == Method::GET {
+        if opts.index.0 > 0 {
+            let wait = opts.wait.or(defaults.wait).unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+            req = req
+                .query("index", opts.index.0.to_string())
+                .query("wait", format!("{}ms", wait.as_millis()));
+            // Consul adds up to wait/16 of jitter; leave room for it and for the network.
+            req.timeout = Some(wait + wait / 16 + Duration::from_secs(5));
+        }
+        let consistency = match opts.consistency {
+            Consistency::Default => defaults.consistency,
+            asked => asked,
+        };
+        match consistency {
+            Consistency::Default => {}
+            Consistency::Consistent => req = req.flag("consistent"),
+            Consistency::Stale => req = req.flag("stale"),
+        }
+        if let Some(filter) = &opts.filter {
+            req = req.query("filter", filter.clone());
+        }
     }
-    match opts.consistency {
-        Consistency::Default => {}
-        Consistency::Consistent => req = req.flag("consistent"),
-        Consistency::Stale => req = req.flag("stale"),
-    }
-    if let Some(dc) = &opts.datacenter {
+    if !req.query.iter().any(|(k, _)| k == "dc")
+        && let Some(dc) = opts.datacenter.as_ref().or(defaults.datacenter.as_ref())
+    {
         req = req.query("dc", dc.clone());
     }
-    if let Some(filter) = &opts.filter {
-        req = req.query("filter", filter.clone());
-    }
-    if let Some(token) = &opts.token
+    if !req.headers.contains_key("x-consul-token")
+        && !req.headers.contains_key("authorization")
+        && let Some(token) = opts.token.as_ref().or(defaults.token.as_ref())
         && let Ok(mut v) = HeaderValue::from_str(token)
     {
         v.set_sensitive(true);
@@ -398,20 +460,73 @@ pub(crate) fn segment<'a>(what: &str, value: &'a str) -> Result<&'a str, Error> 
 mod tests {
     use super::*;
 
+    fn get(path: &str) -> Request {
+        Request::new(Method::GET, path)
+    }
+
     #[test]
     fn a_blocking_query_on_index_0_is_a_plain_read() {
         let wait = Duration::from_secs(30);
-        let plain = apply_query_options(
-            Request::new(Method::GET, "/v1/kv/a"),
-            &QueryOptions::blocking(Index(0), wait),
-        );
+        let none = RequestDefaults::default();
+        let plain = prepare(get("/v1/kv/a"), &QueryOptions::blocking(Index(0), wait), &none);
         assert_eq!(plain.path_and_query(), "/v1/kv/a");
         assert_eq!(plain.timeout, None);
-        let blocking = apply_query_options(
-            Request::new(Method::GET, "/v1/kv/a"),
-            &QueryOptions::blocking(Index(7), wait),
-        );
+        let blocking = prepare(get("/v1/kv/a"), &QueryOptions::blocking(Index(7), wait), &none);
         assert_eq!(blocking.path_and_query(), "/v1/kv/a?index=7&wait=30000ms");
         assert!(blocking.timeout.is_some_and(|t| t > wait + wait / 16));
+    }
+
+    #[test]
+    fn defaults_apply_to_every_request_and_the_request_s_own_options_win() {
+        let defaults = RequestDefaults {
+            datacenter: Some("dc9".into()),
+            consistency: Consistency::Stale,
+            wait: Some(Duration::from_secs(20)),
+            token: Some("client-token".into()),
+        };
+        let read = prepare(
+            get("/v1/kv/a"),
+            &QueryOptions { index: Index(3), ..Default::default() },
+            &defaults,
+        );
+        assert_eq!(read.path_and_query(), "/v1/kv/a?index=3&wait=20000ms&stale&dc=dc9");
+        assert_eq!(read.headers["x-consul-token"], "client-token");
+        let own = QueryOptions {
+            index: Index(3),
+            wait: Some(Duration::from_secs(1)),
+            consistency: Consistency::Consistent,
+            datacenter: Some("dc2".into()),
+            token: Some("mine".into()),
+            filter: None,
+        };
+        let read = prepare(get("/v1/kv/a"), &own, &defaults);
+        assert_eq!(read.path_and_query(), "/v1/kv/a?index=3&wait=1000ms&consistent&dc=dc2");
+        assert_eq!(read.headers["x-consul-token"], "mine");
+        // Writes carry the datacenter and the token, never a read's consistency or index.
+        let write = prepare(Request::new(Method::PUT, "/v1/txn"), &own, &defaults);
+        assert_eq!(write.path_and_query(), "/v1/txn?dc=dc2");
+        // A datacenter or a token already on the request is kept.
+        let mut named = Request::new(Method::DELETE, "/v1/kv/a").query("dc", "dc1");
+        named.headers.insert("authorization", HeaderValue::from_static("Bearer x"));
+        let named = prepare(named, &QueryOptions::default(), &defaults);
+        assert_eq!(named.path_and_query(), "/v1/kv/a?dc=dc1");
+        assert!(!named.headers.contains_key("x-consul-token"));
+    }
+
+    #[test]
+    fn tokens_never_appear_in_debug_output() {
+        let defaults = RequestDefaults { token: Some("s3cr3t-token".into()), ..Default::default() };
+        let opts = QueryOptions { token: Some("s3cr3t-token".into()), ..Default::default() };
+        let client = Client::new(crate::HttpTransport::new("127.0.0.1:1").unwrap())
+            .with_defaults(defaults.clone());
+        let req = prepare(get("/v1/kv/a"), &opts, &defaults);
+        for text in [
+            format!("{defaults:?}"),
+            format!("{opts:?}"),
+            format!("{client:?}"),
+            format!("{req:?}"),
+        ] {
+            assert!(!text.contains("s3cr3t"), "{text}");
+        }
     }
 }

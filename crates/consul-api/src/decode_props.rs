@@ -113,7 +113,7 @@ fn response() -> impl Strategy<Value = Response> {
 async fn call_everything(c: &Client) {
     let q = QueryOptions::default();
     let s = SessionId("6d1e7c2c-3f53-4b8e-9c1a-0e2b7a1c9d11".into());
-    let _ = c.kv().get("k", &q).await;
+    let _ = c.kv().get_with("k", &q).await;
     let _ = c.kv().get_raw("k", &q).await;
     let _ = c.kv().list("p", &q).await;
     let _ = c.kv().keys("p", Some("/"), &q).await;

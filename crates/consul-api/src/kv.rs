@@ -70,8 +70,37 @@ fn key_path(key: &str, allow_empty: bool) -> Result<String, Error> {
 }
 
 impl Kv<'_> {
-    /// The entry at `key`; `Ok(None)` if there is none.
-    pub async fn get(
+    /// The entry at `key`; `Ok(None)` if there is none. A plain read with the client's
+    /// defaults; [`get_with`](Kv::get_with) takes options (blocking, consistency, …) and
+    /// returns the [`QueryMeta`] too.
+    ///
+    /// ```no_run
+    /// # async fn run(client: consul_api::Client) -> Result<(), consul_api::Error> {
+    /// client.kv().put("app/config", "v1").await?;
+    /// let pair = client.kv().get("app/config").await?;
+    /// assert_eq!(pair.and_then(|p| p.value).as_deref(), Some(&b"v1"[..]));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get(&self, key: &str) -> Result<Option<KvPair>, Error> {
+        Ok(self.get_with(key, &QueryOptions::default()).await?.0)
+    }
+
+    /// The entry at `key` read with `opts`, and what Consul said about the read (its index,
+    /// to block on next); `Ok((None, meta))` if there is none.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use consul_api::QueryOptions;
+    /// # async fn run(client: consul_api::Client) -> Result<(), consul_api::Error> {
+    /// let (_, meta) = client.kv().get_with("app/config", &QueryOptions::default()).await?;
+    /// // Wait up to 30 s for the key to change.
+    /// let opts = QueryOptions::blocking(meta.last_index, Duration::from_secs(30));
+    /// let (_changed, _meta) = client.kv().get_with("app/config", &opts).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_with(
         &self,
         key: &str,
         opts: &QueryOptions,

@@ -1,5 +1,5 @@
 //! A typed async client for HashiCorp Consul's HTTP API: KV, transactions, sessions,
-//! agent, catalog, health and status, blocking queries, and `Lock`/`Semaphore` that
+//! agent, catalog, health, status and events, blocking queries, and `Lock`/`Semaphore` that
 //! interoperate with Go's `consul/api`.
 //!
 //! Everything goes through one [`Transport`]: [`HttpTransport`] talks to a real agent
@@ -15,12 +15,13 @@
 //! # async fn run() -> Result<(), consul_api::Error> {
 //! let client = Client::from_env()?; // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, …
 //! client.kv().put("app/config", "v1").await?;
-//! let (pair, meta) = client.kv().get("app/config", &QueryOptions::default()).await?;
+//! let pair = client.kv().get("app/config").await?;
 //! assert_eq!(pair.unwrap().value.as_deref(), Some(&b"v1"[..]));
+//! let (_, meta) = client.kv().get_with("app/config", &QueryOptions::default()).await?;
 //!
 //! // Block until the key changes (or 30 s pass).
 //! let opts = QueryOptions::blocking(meta.last_index, Duration::from_secs(30));
-//! let (_changed, _meta) = client.kv().get("app/config", &opts).await?;
+//! let (_changed, _meta) = client.kv().get_with("app/config", &opts).await?;
 //!
 //! // A lease: a session with a TTL, renewed by its owner.
 //! let session = client
@@ -29,6 +30,10 @@
 //!     .await?;
 //! let held = client.kv().acquire("app/leader", "me", &session, 0).await?;
 //! # let _ = held;
+//!
+//! // Go's `LockKey` and `SemaphorePrefix`: same keys and flags as Go's `consul/api`.
+//! let leader = client.lock("app/leader2").acquire().await?;
+//! leader.release().await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -39,6 +44,7 @@ mod client;
 mod contender;
 mod env;
 mod error;
+pub mod event;
 pub mod http;
 pub mod kv;
 pub mod layers;
@@ -61,7 +67,7 @@ pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use http::{BasicAuth, HttpTransport};
 pub use transport::{Request, Response, Transport};
-pub use types::{Consistency, Index, QueryMeta, QueryOptions, SessionId};
+pub use types::{Consistency, Index, QueryMeta, QueryOptions, RequestDefaults, SessionId};
 
 /// A random duration in `[0, max]`, for backoff jitter. Not cryptographic.
 pub(crate) fn jitter(max: std::time::Duration) -> std::time::Duration {

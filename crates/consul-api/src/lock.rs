@@ -16,6 +16,7 @@ pub use crate::contender::HoldState;
 use crate::contender::{Contender, set_state};
 use crate::session::Behavior;
 use crate::types::{Index, QueryOptions, SessionId};
+use crate::watch::WatchOptions;
 use crate::{Client, Error};
 
 /// The flags Go's `api.Lock` stores on its key.
@@ -85,6 +86,23 @@ pub struct LockGuard {
     state: signal::Receiver<HoldState>,
     tasks: Vec<JoinHandle<()>>,
     released: bool,
+}
+
+impl Client {
+    /// A lock on `key` with Go's defaults (Go's `LockKey`); [`Lock::new`] takes
+    /// [`LockOptions`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: consul_api::Client) -> Result<(), consul_api::Error> {
+    /// let guard = client.lock("service/leader").acquire().await?;
+    /// // … act as the leader, guarding writes with guard.fencing_token() …
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lock(&self, key: impl Into<String>) -> Lock {
+        Lock::new(self.clone(), LockOptions::new(key))
+    }
 }
 
 impl Lock {
@@ -160,7 +178,7 @@ impl Lock {
                 return Ok(None);
             }
             let opts = QueryOptions::blocking(index, deadline - now).consistent();
-            let (pair, meta) = kv.get(key, &opts).await?;
+            let (pair, meta) = kv.get_with(key, &opts).await?;
             if let Some(p) = &pair {
                 if p.flags != LOCK_FLAG_VALUE {
                     return Err(Error::aborted(format!(
@@ -171,14 +189,14 @@ impl Lock {
                 match &p.session {
                     Some(s) if s == session => return Ok(Some(p.lock_index)),
                     Some(_) => {
-                        index = meta.last_index.max(Index(1));
+                        index = crate::watch::advance(index, meta.last_index).0;
                         continue;
                     }
                     None => {}
                 }
             }
             if kv.acquire(key, self.opts.value.clone(), session, LOCK_FLAG_VALUE).await? {
-                let (pair, _) = kv.get(key, &QueryOptions::default().consistent()).await?;
+                let (pair, _) = kv.get_with(key, &QueryOptions::default().consistent()).await?;
                 match pair {
                     Some(p) if p.session.as_ref() == Some(session) => {
                         return Ok(Some(p.lock_index));
@@ -187,7 +205,7 @@ impl Lock {
                 }
             }
             // Refused while nobody holds it: a lock-delay is running. Wait it out.
-            let (pair, _) = kv.get(key, &QueryOptions::default().consistent()).await?;
+            let (pair, _) = kv.get_with(key, &QueryOptions::default().consistent()).await?;
             if pair.is_some_and(|p| p.session.is_some()) {
                 continue;
             }
@@ -230,7 +248,11 @@ impl LockGuard {
 
     /// Releases the lock, then destroys the session if the lock created it (Go's `Unlock`).
     /// A release is immediate: no lock-delay applies, so a waiter can take over at once.
-    pub async fn release(mut self) -> Result<(), Error> {
+    ///
+    /// `Ok(true)` when Consul released it; `Ok(false)` when there was nothing to release
+    /// because the session no longer exists (it expired or was destroyed: the lock had been
+    /// lost), which Consul answers with `false`, not an error.
+    pub async fn release(mut self) -> Result<bool, Error> {
         self.released = true;
         for t in &self.tasks {
             t.abort();
@@ -255,8 +277,10 @@ impl Drop for LockGuard {
                 self.owns_session,
             );
             rt.spawn(async move {
-                if let Err(e) = release(&client, &key, &value, &session, owns).await {
-                    tracing::warn!(%key, error = %e, "releasing a dropped lock failed");
+                match release(&client, &key, &value, &session, owns).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!(%key, "a dropped lock was no longer held"),
+                    Err(e) => tracing::warn!(%key, error = %e, "releasing a dropped lock failed"),
                 }
             });
         }
@@ -264,24 +288,24 @@ impl Drop for LockGuard {
 }
 
 /// Go's `Unlock`: release with the lock's own value (so the key keeps it), then destroy the
-/// session if the lock created it. A session that is already gone answers `false`: fine.
+/// session if the lock created it. A session that is already gone answers `false`.
 async fn release(
     client: &Client,
     key: &str,
     value: &Bytes,
     session: &SessionId,
     owns: bool,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let released = client.kv().release(key, value.clone(), session, LOCK_FLAG_VALUE).await;
     if owns {
         client.session().destroy(session).await?;
     }
-    released.map(|_| ())
+    released
 }
 
 /// Watches the key with consistent blocking reads; the lock is lost when the key is gone or
 /// held by another session, uncertain while reads fail, and lost after `monitor_retries`
-/// failed reads in a row (Go's `MonitorRetries`).
+/// failed reads in a row (Go's `MonitorRetries`, retried every `monitor_retry_time`).
 async fn monitor_key(
     client: Client,
     key: String,
@@ -289,34 +313,40 @@ async fn monitor_key(
     opts: LockOptions,
     state: signal::Sender<HoldState>,
 ) {
-    let mut index = Index(0);
-    let mut failures = 0;
+    let mut watcher = client.watch_key(key.clone(), monitor_options(opts.monitor_retry_time));
+    let mut failing = false;
     loop {
-        let q = QueryOptions::blocking(index, Duration::from_secs(300)).consistent();
-        match client.kv().get(&key, &q).await {
-            Ok((pair, meta)) => {
+        match watcher.next().await {
+            Ok((pair, _)) => {
                 if pair.and_then(|p| p.session).as_ref() != Some(&session) {
                     tracing::warn!(%key, "lock key changed hands; lock lost");
                     set_state(&state, HoldState::Lost);
                     return;
                 }
-                if failures > 0 {
-                    failures = 0;
+                if std::mem::take(&mut failing) {
                     set_state(&state, HoldState::Held);
                 }
-                index =
-                    crate::watch::next_index(index, meta.last_index).unwrap_or(index).max(Index(1));
             }
             Err(e) => {
-                failures += 1;
-                if failures > opts.monitor_retries {
+                if watcher.failures() > opts.monitor_retries {
                     tracing::warn!(%key, error = %e, "cannot watch the lock key; lock lost");
                     set_state(&state, HoldState::Lost);
                     return;
                 }
+                failing = true;
                 set_state(&state, HoldState::Uncertain);
-                tokio::time::sleep(opts.monitor_retry_time).await;
             }
         }
+    }
+}
+
+/// How a holder watches what it holds: consistent blocking reads (Go's `monitorLock`),
+/// retried every `retry_time` (drawn from `[retry_time/2, retry_time]`) after a failure.
+pub(crate) fn monitor_options(retry_time: Duration) -> WatchOptions {
+    WatchOptions {
+        min_interval: Duration::ZERO,
+        initial_backoff: retry_time,
+        max_backoff: retry_time,
+        ..WatchOptions::with_wait(Duration::from_secs(300)).consistent()
     }
 }

@@ -52,6 +52,11 @@ pub struct SemaphoreOptions {
     pub session_ttl: Duration,
     /// How long one try waits for a slot.
     pub wait_time: Duration,
+    /// Failed watch reads of `.lock` tolerated before the slot is considered lost (Go's
+    /// `MonitorRetries`; Go's default is 0, ours 3).
+    pub monitor_retries: u32,
+    /// Delay between those retries.
+    pub monitor_retry_time: Duration,
 }
 
 impl SemaphoreOptions {
@@ -64,6 +69,8 @@ impl SemaphoreOptions {
             session_name: "Consul API Semaphore".into(),
             session_ttl: Duration::from_secs(15),
             wait_time: Duration::from_secs(15),
+            monitor_retries: 3,
+            monitor_retry_time: Duration::from_secs(2),
         }
     }
 }
@@ -84,6 +91,24 @@ pub struct SemaphorePermit {
     state: signal::Receiver<HoldState>,
     tasks: Vec<JoinHandle<()>>,
     released: bool,
+}
+
+impl Client {
+    /// A semaphore of `limit` slots under `prefix` with Go's defaults (Go's
+    /// `SemaphorePrefix`); the limit must be at least 1. [`Semaphore::new`] takes
+    /// [`SemaphoreOptions`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: consul_api::Client) -> Result<(), consul_api::Error> {
+    /// let permit = client.semaphore("service/workers", 2)?.acquire().await?;
+    /// // … one of at most two workers …
+    /// permit.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn semaphore(&self, prefix: impl Into<String>, limit: u32) -> Result<Semaphore, Error> {
+        Semaphore::new(self.clone(), SemaphoreOptions::new(prefix, limit))
+    }
 }
 
 impl Semaphore {
@@ -151,8 +176,9 @@ impl Semaphore {
         let rx = state.subscribe();
         let monitor = tokio::spawn(monitor_holders(
             self.client.clone(),
-            self.lock_key(),
+            self.opts.prefix.clone(),
             session.clone(),
+            (self.opts.monitor_retries, self.opts.monitor_retry_time),
             state,
         ));
         let mut tasks = vec![monitor];
@@ -180,7 +206,7 @@ impl Semaphore {
             let (lock_pair, mut doc) = self.decode(&pairs)?;
             prune(&mut doc, &pairs, &self.opts.prefix);
             if doc.holders.len() as u32 >= self.opts.limit {
-                index = meta.last_index.max(Index(1));
+                index = crate::watch::advance(index, meta.last_index).0;
                 continue;
             }
             doc.holders.insert(session.to_string(), true);
@@ -268,7 +294,7 @@ impl SemaphorePermit {
         let key = format!("{}/{SEMAPHORE_LOCK_KEY}", self.prefix);
         for _ in 0..16 {
             let (pair, _) =
-                self.client.kv().get(&key, &QueryOptions::default().consistent()).await?;
+                self.client.kv().get_with(&key, &QueryOptions::default().consistent()).await?;
             let Some(pair) = pair else { break };
             let mut doc: SemaphoreLock =
                 serde_json::from_slice(pair.value.as_deref().unwrap_or(b"{}"))
@@ -310,44 +336,46 @@ impl Drop for SemaphorePermit {
     }
 }
 
-/// Watches `.lock`: the slot is lost when this holder is no longer listed; failed reads make
-/// it uncertain, and lost after three in a row (Go gives up on the first).
+/// Watches the prefix, as Go's `monitorLock` does: the slot is lost when this holder is no
+/// longer listed in `.lock` once dead holders (whose contender key is gone or unheld) are
+/// pruned; failed reads make it uncertain, and lost after `retries` failed reads in a row.
 async fn monitor_holders(
     client: Client,
-    key: String,
+    prefix: String,
     session: SessionId,
+    (retries, retry_time): (u32, Duration),
     state: signal::Sender<HoldState>,
 ) {
-    const RETRIES: u32 = 3;
-    let mut index = Index(0);
-    let mut failures = 0;
+    let lock_key = format!("{prefix}/{SEMAPHORE_LOCK_KEY}");
+    let mut watcher = client.watch_prefix(prefix.clone(), crate::lock::monitor_options(retry_time));
+    let mut failing = false;
     loop {
-        let q = QueryOptions::blocking(index, Duration::from_secs(300)).consistent();
-        match client.kv().get(&key, &q).await {
-            Ok((pair, meta)) => {
-                let holds = pair
-                    .and_then(|p| serde_json::from_slice::<SemaphoreLock>(p.value.as_deref()?).ok())
-                    .is_some_and(|d| d.holders.contains_key(session.as_str()));
+        match watcher.next().await {
+            Ok((pairs, _)) => {
+                let doc = pairs.iter().find(|p| p.key == lock_key).and_then(|p| {
+                    serde_json::from_slice::<SemaphoreLock>(p.value.as_deref()?).ok()
+                });
+                let holds = doc.is_some_and(|mut d| {
+                    prune(&mut d, &pairs, &prefix);
+                    d.holders.contains_key(session.as_str())
+                });
                 if !holds {
+                    tracing::warn!(%prefix, "semaphore slot lost");
                     set_state(&state, HoldState::Lost);
                     return;
                 }
-                if failures > 0 {
-                    failures = 0;
+                if std::mem::take(&mut failing) {
                     set_state(&state, HoldState::Held);
                 }
-                index =
-                    crate::watch::next_index(index, meta.last_index).unwrap_or(index).max(Index(1));
             }
             Err(e) => {
-                failures += 1;
-                if failures > RETRIES {
-                    tracing::warn!(%key, error = %e, "cannot watch the semaphore; slot lost");
+                if watcher.failures() > retries {
+                    tracing::warn!(%prefix, error = %e, "cannot watch the semaphore; slot lost");
                     set_state(&state, HoldState::Lost);
                     return;
                 }
+                failing = true;
                 set_state(&state, HoldState::Uncertain);
-                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
     }

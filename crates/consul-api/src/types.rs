@@ -55,8 +55,8 @@ pub enum Consistency {
     Stale,
 }
 
-/// Options common to every read: blocking, consistency, token, datacenter, filter.
-/// `Debug` never shows the token.
+/// Options common to every read: blocking, consistency, token, datacenter, filter. What is
+/// left unset falls back to the client's [`RequestDefaults`]. `Debug` never shows the token.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct QueryOptions {
     /// Block until the result's index is above this one (a blocking query). 0 never blocks.
@@ -71,19 +71,6 @@ pub struct QueryOptions {
     pub datacenter: Option<String>,
     /// A filter expression (`?filter=`), on the endpoints that support it.
     pub filter: Option<String>,
-}
-
-impl std::fmt::Debug for QueryOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryOptions")
-            .field("index", &self.index)
-            .field("wait", &self.wait)
-            .field("consistency", &self.consistency)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("datacenter", &self.datacenter)
-            .field("filter", &self.filter)
-            .finish()
-    }
 }
 
 impl QueryOptions {
@@ -104,6 +91,67 @@ impl QueryOptions {
     pub fn stale(mut self) -> Self {
         self.consistency = Consistency::Stale;
         self
+    }
+}
+
+impl fmt::Debug for QueryOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryOptions")
+            .field("index", &self.index)
+            .field("wait", &self.wait)
+            .field("consistency", &self.consistency)
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .field("datacenter", &self.datacenter)
+            .field("filter", &self.filter)
+            .finish()
+    }
+}
+
+/// What a [`Client`](crate::Client) applies to every request that does not say otherwise:
+/// reads, writes, transactions and blocking reads alike (see
+/// [`Client::with_defaults`](crate::Client::with_defaults)).
+///
+/// ```
+/// use consul_api::{Consistency, RequestDefaults};
+/// # fn main() -> Result<(), consul_api::Error> {
+/// let client = consul_api::Client::builder().build()?.with_defaults(RequestDefaults {
+///     datacenter: Some("dc1".into()),
+///     consistency: Consistency::Stale,
+///     ..Default::default()
+/// });
+/// assert_eq!(client.defaults().datacenter.as_deref(), Some("dc1"));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RequestDefaults {
+    /// `?dc=` for every request (Go's `Config.Datacenter`); `None`: the agent's own.
+    pub datacenter: Option<String>,
+    /// The consistency mode of reads that ask for [`Consistency::Default`].
+    pub consistency: Consistency,
+    /// The wait of blocking reads that set none; `None`: Consul's default (5 minutes).
+    pub wait: Option<Duration>,
+    /// The ACL token sent as `X-Consul-Token` by requests that carry none of their own.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for RequestDefaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestDefaults")
+            .field("datacenter", &self.datacenter)
+            .field("consistency", &self.consistency)
+            .field("wait", &self.wait)
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .finish()
+    }
+}
+
+/// Shown instead of a secret in `Debug` output.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 

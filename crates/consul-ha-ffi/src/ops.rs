@@ -140,7 +140,7 @@ impl Op {
         let e = Failure::consul;
         match self {
             Op::KvGet { key } => {
-                let (pair, _) = client.kv().get(&key, &QueryOptions::default()).await.map_err(e)?;
+                let pair = client.kv().get(&key).await.map_err(e)?;
                 match pair {
                     Some(p) => ok(p.value.map(|v| v.to_vec()).unwrap_or_default()),
                     None => Ok((ConsulHaStatus::NotFound, Vec::new())),

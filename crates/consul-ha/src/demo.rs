@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consul_api::{Index, QueryOptions};
+use consul_api::watch::WatchOptions;
 use consul_sim::{Sim, SimConfig};
 use ha_cluster::{Cluster, ClusterConfig, Health};
 use prod_config::{RoutingTable, ShardConfig, ShardManager, ShardManagerOptions, TableAuditor};
@@ -184,19 +184,19 @@ impl Demo {
         // Audit every version of the routing table as it is written.
         let (audit, observer) = (self.audit.clone(), self.sim.client("auditor"));
         let auditor = tokio::spawn(async move {
-            let mut index = Index(0);
+            let opts = WatchOptions {
+                min_interval: Duration::ZERO,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(100),
+                ..WatchOptions::with_wait(Duration::from_secs(30))
+            };
+            let mut table = observer.watch_key(format!("prod-config/{SERVICE}/table"), opts);
             loop {
-                let opts = QueryOptions::blocking(index, Duration::from_secs(30));
-                match observer.kv().get(&format!("prod-config/{SERVICE}/table"), &opts).await {
-                    Ok((pair, meta)) => {
-                        index = meta.last_index;
-                        if let Some(t) =
-                            pair.and_then(|p| RoutingTable::decode(p.value.as_deref()?).ok())
-                        {
-                            audit.lock().unwrap_or_else(|e| e.into_inner()).observe(&t);
-                        }
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                if let Ok((pair, _)) = table.next().await
+                    && let Some(t) =
+                        pair.and_then(|p| RoutingTable::decode(p.value.as_deref()?).ok())
+                {
+                    audit.lock().unwrap_or_else(|e| e.into_inner()).observe(&t);
                 }
             }
         });

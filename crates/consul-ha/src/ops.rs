@@ -305,13 +305,13 @@ async fn view(args: &ConsulArgs) -> Result<View, String> {
     let kv = client.kv();
     let q = QueryOptions::default();
     let table_key = opts.table_key();
-    let table = match kv.get(&table_key, &q).await.map_err(|e| e.to_string())?.0 {
+    let table = match kv.get_with(&table_key, &q).await.map_err(|e| e.to_string())?.0 {
         Some(p) => RoutingTable::decode(p.value.as_deref().unwrap_or_default())
             .map_err(|e| e.to_string())?,
         None => RoutingTable::default(),
     };
     let config_key = opts.config_key();
-    let config = match kv.get(&config_key, &q).await.map_err(|e| e.to_string())?.0 {
+    let config = match kv.get_with(&config_key, &q).await.map_err(|e| e.to_string())?.0 {
         Some(p) => ShardConfig::from_json(p.value.as_deref().unwrap_or_default(), &config_key)
             .map_err(|e| e.to_string())?,
         None => ShardConfig::default(),

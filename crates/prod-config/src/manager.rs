@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use consul_api::txn::KvOp;
+use consul_api::watch::WatchOptions;
 use consul_api::{Client, Index, QueryOptions};
 use ha_cluster::{Cluster, ClusterError, Health};
 use serde::Serialize;
@@ -277,7 +278,7 @@ impl Shared {
 
     async fn read_table(&self) -> Result<(RoutingTable, Index), ShardError> {
         let opts = QueryOptions::default().consistent();
-        let (pair, _) = self.client.kv().get(&self.opts.table_key(), &opts).await?;
+        let (pair, _) = self.client.kv().get_with(&self.opts.table_key(), &opts).await?;
         match pair {
             None => Ok((RoutingTable::default(), Index(0))),
             Some(p) => {
@@ -361,23 +362,19 @@ async fn controller_task(shared: Arc<Shared>) {
 /// Watches KV key `name` under the prefix with blocking queries and hands every changed
 /// value to `apply`; `what` names it in logs.
 async fn watch_key(shared: Arc<Shared>, name: &str, what: &str, apply: fn(&Shared, &[u8])) {
-    let key = shared.opts.key(name);
-    let mut index = Index(0);
+    let opts = WatchOptions {
+        wait: Some(Duration::from_secs(60)),
+        min_interval: Duration::ZERO,
+        initial_backoff: shared.opts.tick,
+        max_backoff: shared.opts.tick,
+        ..Default::default()
+    };
+    let mut key = shared.client.watch_key(shared.opts.key(name), opts);
     loop {
-        let opts = QueryOptions::blocking(index, Duration::from_secs(60));
-        match shared.client.kv().get(&key, &opts).await {
-            Ok((pair, meta)) => {
-                let (next, changed) = consul_api::watch::advance(index, meta.last_index);
-                index = next;
-                if let (true, Some(p)) = (changed, pair) {
-                    apply(&shared, p.value.as_deref().unwrap_or_default());
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "watching the {what} failed");
-                index = Index(0);
-                tokio::time::sleep(shared.opts.tick).await;
-            }
+        match key.next().await {
+            Ok((Some(pair), _)) => apply(&shared, pair.value.as_deref().unwrap_or_default()),
+            Ok((None, _)) => {}
+            Err(e) => tracing::debug!(error = %e, "watching the {what} failed"),
         }
     }
 }
@@ -456,7 +453,7 @@ impl ShardManager {
             down_since: Mutex::new(HashMap::new()),
             rejected: Mutex::new(None),
         });
-        let (pair, _) = shared.client.kv().get(&config_key, &QueryOptions::default()).await?;
+        let pair = shared.client.kv().get(&config_key).await?;
         if let Some(p) = pair {
             let stored =
                 ShardConfig::from_json(p.value.as_deref().unwrap_or_default(), &config_key);

@@ -29,6 +29,7 @@ const HEADERS: &[&str] = &[
     "x-consul-translate-addresses",
     "x-cache",
     "location",
+    "allow",
 ];
 
 /// JSON fields that hold raft indexes.

@@ -198,7 +198,7 @@ fn request(line: &str) -> Result<Send, String> {
         rest = head.trim_end();
     }
     let (method, rest) = rest.split_once(' ').ok_or("a request line is METHOD TARGET [BODY]")?;
-    if !["GET", "PUT", "POST", "DELETE", "HEAD", "PATCH"].contains(&method) {
+    if !["GET", "PUT", "POST", "DELETE", "HEAD", "PATCH", "OPTIONS"].contains(&method) {
         return Err(format!("unknown method {method:?}"));
     }
     let (target, body) = rest.split_once(' ').unwrap_or((rest, ""));

@@ -150,7 +150,7 @@ async fn member_pause() {
         let (held, _) = h
             .observer()
             .kv()
-            .get("ha-cluster/rc/leader", &consul_api::QueryOptions::default())
+            .get_with("ha-cluster/rc/leader", &consul_api::QueryOptions::default())
             .await
             .expect("the leader key");
         h.checker.set_alive(&id, false);

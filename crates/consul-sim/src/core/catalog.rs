@@ -522,6 +522,12 @@ impl Consul {
                 self.catalog_deregister(now, body)?;
                 Ok(Reply::json(&json!(true)))
             }
+            // `/v1/catalog/service/` reaches its handler, which wants a name.
+            "service" | "node" | "node-services" => {
+                expect(method, &Method::GET, &path)?;
+                let what = if verb == "service" { "service" } else { "node" };
+                Err(ApiError::bad_request(format!("Missing {what} name")))
+            }
             _ => Err(ApiError::no_endpoint()),
         }
     }

@@ -4,7 +4,7 @@
 
 use http::{Method, StatusCode};
 
-use super::{Consul, SimResponse, Target};
+use super::{Consul, Outcome, SimRequest, SimResponse, SimTime, Target};
 
 /// Endpoints that ignore `?dc=` on Consul 1.8.7 (checked one by one on a dev agent): the
 /// agent's own endpoints, its event list, the datacenter lists, and catalog writes (they
@@ -30,14 +30,57 @@ fn is_blocking_read(method: &Method, path: &str) -> bool {
             .any(|p| path.starts_with(p))
 }
 
+/// Answers Consul's HTTP layer gives before any RPC: no such endpoint (a bare 404), a method
+/// the endpoint does not take (405), a bad parameter or body (400), a body too large (413),
+/// ACLs disabled (401), the answer to `OPTIONS` (200 with `Allow`),
+/// KV flags that are not a number (a 500 from Go's `strconv`). Consul 1.8.7 reads
+/// `?passing` only after the RPC, so that 400 is not one of them.
+fn rejected_before_rpc(resp: &SimResponse) -> bool {
+    let body = String::from_utf8_lossy(&resp.body);
+    let bare_404 = resp.status == StatusCode::NOT_FOUND
+        && resp.body.is_empty()
+        && !resp.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("X-Consul-Index"));
+    match resp.status {
+        StatusCode::BAD_REQUEST => !body.starts_with("Invalid value for ?passing"),
+        // With ACLs disabled, `/v1/acl/*` answers 401 before anything else.
+        StatusCode::UNAUTHORIZED
+        | StatusCode::METHOD_NOT_ALLOWED
+        | StatusCode::PAYLOAD_TOO_LARGE => true,
+        StatusCode::INTERNAL_SERVER_ERROR => body.starts_with("strconv.ParseUint"),
+        // `OPTIONS` is answered before any handler runs.
+        StatusCode::OK => resp.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("Allow")),
+        _ => bare_404,
+    }
+}
+
 impl Consul {
     /// The answer to a request naming another datacenter, if it does.
-    pub(crate) fn wrong_datacenter(&self, method: &Method, t: &Target) -> Option<SimResponse> {
+    ///
+    /// Consul's HTTP handler validates the request (endpoint, method, parameters, body)
+    /// before the RPC that finds no path to the datacenter (checked on 1.8.7: `GET /v1/nope`,
+    /// `POST /v1/kv/a`, `GET /v1/kv/`, `?wait=zz`, a txn body that is not JSON keep their
+    /// 404, 405 or 400 with `?dc=nowhere`). So the request runs first on a copy of the store
+    /// that believes it is that datacenter; only if that copy got past validation is the
+    /// answer "No path to datacenter". The copy is thrown away, and this happens only for
+    /// requests to a datacenter that does not exist.
+    pub(crate) fn wrong_datacenter(
+        &self,
+        now: SimTime,
+        req: &SimRequest,
+        t: &Target,
+    ) -> Option<SimResponse> {
         let dc = t.param("dc").filter(|dc| !dc.is_empty())?;
         if dc == self.config.datacenter || ignores_dc(&t.path) {
             return None;
         }
+        let mut dry_run = self.clone();
+        dry_run.config.datacenter = dc.to_string();
+        if let Outcome::Done(resp) = dry_run.handle(now, req, false)
+            && rejected_before_rpc(&resp)
+        {
+            return Some(resp);
+        }
         let resp = SimResponse::text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
-        Some(if is_blocking_read(method, &t.path) { resp.with_index(1, false) } else { resp })
+        Some(if is_blocking_read(&req.method, &t.path) { resp.with_index(1, false) } else { resp })
     }
 }

@@ -8,7 +8,15 @@ impl Consul {
     pub(crate) fn health_endpoint(&self, rest: &str, t: &Target) -> Result<Reply, ApiError> {
         let (verb, arg) = rest.split_once('/').unwrap_or((rest, ""));
         if arg.is_empty() {
-            return Err(ApiError::no_endpoint());
+            // `/v1/health/service/` reaches its handler, which wants a name.
+            return Err(match (verb, rest.contains('/')) {
+                ("service" | "connect" | "checks", true) => {
+                    ApiError::bad_request("Missing service name")
+                }
+                ("node", true) => ApiError::bad_request("Missing node name"),
+                ("state", true) => ApiError::bad_request("Missing check state"),
+                _ => ApiError::no_endpoint(),
+            });
         }
         let checks_of = |node: &str, service: Option<&str>| -> Vec<&CheckState> {
             let mut checks = self

@@ -6,6 +6,7 @@
 //! [`Consul::advance`]. Nothing here reads a clock, touches a socket or knows of tokio, so
 //! the same inputs always give the same outputs.
 
+mod acl;
 mod agent;
 mod blocking;
 mod catalog;
@@ -385,7 +386,7 @@ impl Consul {
             Ok(t) => t,
             Err(msg) => return Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg)),
         };
-        if let Some(resp) = self.wrong_datacenter(&req.method, &target) {
+        if let Some(resp) = self.wrong_datacenter(now, req, &target) {
             return Outcome::Done(resp);
         }
         let path = target.path.as_str();
@@ -450,6 +451,9 @@ impl Consul {
         let m = &req.method;
         if let Some(key) = path.strip_prefix("/v1/kv/") {
             return self.kv_endpoint(now, m, key, t, req);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/acl/") {
+            return self.acl_endpoint(m, rest);
         }
         if path == "/v1/txn" {
             expect(m, &Method::PUT, path)?;
@@ -720,10 +724,14 @@ pub(crate) fn expect(actual: &Method, want: &Method, _path: &str) -> Result<(), 
 }
 
 impl ApiError {
-    /// 405 with Consul's text and its `Allow` header (`OPTIONS,GET`…).
+    /// 405 with Consul's text and its `Allow` header (`OPTIONS,GET`…); to `OPTIONS`, which
+    /// every endpoint takes, an empty 200 with that header, as Consul answers it.
     pub(crate) fn method_not_allowed(actual: &Method, allow: &str) -> ApiError {
-        let mut e =
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed"));
+        let mut e = if actual == Method::OPTIONS {
+            ApiError::new(StatusCode::OK, "")
+        } else {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {actual} not allowed"))
+        };
         e.allow = Some(allow.to_string());
         e
     }

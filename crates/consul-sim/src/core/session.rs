@@ -128,7 +128,9 @@ impl Consul {
             }
             "node" => {
                 expect(method, &Method::GET, &path)?;
-                require_id(arg)?;
+                if arg.is_empty() {
+                    return Err(ApiError::bad_request("Missing node name"));
+                }
                 let on: Vec<Value> = self
                     .state
                     .sessions

@@ -37,35 +37,36 @@ pub(super) async fn election_task(shared: Arc<Shared>) {
     let key = c.leader_key();
     let mut wake = shared.wake.subscribe();
     let mut backoff = Backoff::new(c.retry_min, c.retry_max, c.seed ^ 0x454c);
-    let mut index = Index(0);
+    let mut leader_key = shared.client.watch_key(key.clone(), shared.watch_options(0x454c));
     // Consul refused our last attempt on a free key: it is in lock-delay.
     let mut refused = false;
     loop {
-        let opts = QueryOptions::blocking(index, c.watch_wait);
-        let kv = shared.client.kv();
-        let read = kv.get(&key, &opts);
-        tokio::pin!(read);
-        // Wait for the read, a wake-up, or the end of our lease, whichever comes first; the
-        // lease timer re-arms as heartbeats extend the lease, without dropping the read.
-        let result = loop {
-            let deadline = {
-                let inner = shared.lock();
-                inner.term.as_ref().and(shared.lease_until(&inner))
-            };
-            let lease_end = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = &mut read => break Some(r),
-                _ = wake.changed() => break None,
-                () = lease_end => {
-                    let now = Instant::now();
-                    let mut inner = shared.lock();
-                    if !shared.lease_valid(&inner, now) {
-                        shared.step_down(&mut inner, now, "the lease ran out before a renewal was confirmed");
+        // Wait for the key to change, a wake-up, or the end of our lease, whichever comes
+        // first; the lease timer re-arms as heartbeats extend the lease, without dropping the
+        // read.
+        let result = {
+            let read = leader_key.next();
+            tokio::pin!(read);
+            loop {
+                let deadline = {
+                    let inner = shared.lock();
+                    inner.term.as_ref().and(shared.lease_until(&inner))
+                };
+                let lease_end = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = &mut read => break Some(r),
+                    _ = wake.changed() => break None,
+                    () = lease_end => {
+                        let now = Instant::now();
+                        let mut inner = shared.lock();
+                        if !shared.lease_valid(&inner, now) {
+                            shared.step_down(&mut inner, now, "the lease ran out before a renewal was confirmed");
+                        }
                     }
                 }
             }
@@ -73,22 +74,20 @@ pub(super) async fn election_task(shared: Arc<Shared>) {
         // Woken: our session or lease changed, so the key must be judged again now, with a
         // read that does not block.
         let Some(result) = result else {
-            index = Index(0);
+            leader_key.reset();
             continue;
         };
-        let (pair, meta) = match result {
-            Ok(ok) => {
+        let pair = match result {
+            Ok((pair, _)) => {
                 backoff.reset();
-                ok
+                pair
             }
             Err(e) => {
+                // The watcher backs off before its next read.
                 tracing::debug!(node = %c.node_id, error = %e, "reading the leader key failed");
-                tokio::time::sleep(backoff.next_delay()).await;
-                index = Index(0);
                 continue;
             }
         };
-        index = consul_api::watch::advance(index, meta.last_index).0;
 
         let now = Instant::now();
         // Decide under the lock; acquire (which awaits) outside it.
@@ -132,12 +131,12 @@ pub(super) async fn election_task(shared: Arc<Shared>) {
             Ok(true) => {}
             Ok(false) => {
                 refused = true;
-                index = Index(0);
+                leader_key.reset();
             }
             Err(e) => {
                 tracing::debug!(node = %c.node_id, error = %e, "acquiring the leader key failed");
                 tokio::time::sleep(backoff.next_delay()).await;
-                index = Index(0);
+                leader_key.reset();
             }
         }
     }

@@ -313,7 +313,7 @@ pub async fn read_leader(
     client: &Client,
     leader_key: &str,
 ) -> Result<Option<LeaderInfo>, ClusterError> {
-    let (pair, _) = client.kv().get(leader_key, &QueryOptions::default()).await?;
+    let pair = client.kv().get(leader_key).await?;
     Ok(match key_state(pair.as_ref(), None) {
         KeyState::Other(info) => Some(info),
         KeyState::Ours(..) | KeyState::Free => None,

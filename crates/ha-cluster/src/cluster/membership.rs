@@ -5,30 +5,18 @@ use super::*;
 
 pub(super) async fn membership_task(shared: Arc<Shared>) {
     let c = shared.config.clone();
-    let mut backoff = Backoff::new(c.retry_min, c.retry_max, c.seed ^ 0x4d42);
-    let mut index = Index(0);
+    let mut members = shared.client.watch_service(
+        c.service.clone(),
+        HealthFilter::default(),
+        shared.watch_options(0x4d42),
+    );
     loop {
-        let opts = QueryOptions::blocking(index, c.watch_wait);
-        let (entries, meta) =
-            match shared.client.health().service(&c.service, &HealthFilter::default(), &opts).await
-            {
-                Ok(ok) => {
-                    backoff.reset();
-                    ok
-                }
-                Err(e) => {
-                    tracing::debug!(node = %c.node_id, error = %e, "reading the members failed");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    index = Index(0);
-                    continue;
-                }
-            };
-        let (next, changed) = consul_api::watch::advance(index, meta.last_index);
-        index = next;
-        if !changed {
-            continue;
+        match members.next().await {
+            Ok((entries, _)) => apply_membership(&shared, members_of(&entries)),
+            Err(e) => {
+                tracing::debug!(node = %c.node_id, error = %e, "reading the members failed");
+            }
         }
-        apply_membership(&shared, members_of(&entries));
     }
 }
 

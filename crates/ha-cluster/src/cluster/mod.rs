@@ -169,6 +169,21 @@ impl Shared {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// How the watch tasks read: blocking for `watch_wait`, backing off from `retry_min`
+    /// to `retry_max` with jitter seeded from the config (`salt` tells the tasks apart), so
+    /// a simulation replays.
+    fn watch_options(&self, salt: u64) -> consul_api::watch::WatchOptions {
+        let c = &self.config;
+        consul_api::watch::WatchOptions {
+            query: QueryOptions::default(),
+            wait: Some(c.watch_wait),
+            min_interval: std::time::Duration::ZERO,
+            initial_backoff: c.retry_min,
+            max_backoff: c.retry_max,
+            jitter_seed: Some(c.seed ^ salt),
+        }
+    }
+
     /// The instant until which this member may act on what it holds.
     fn lease_until(&self, inner: &Inner) -> Option<Instant> {
         let sent = inner.pass_sent?.min(inner.renew_sent?);
