@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::http::{HttpOptions, HttpTransport};
-use crate::layers::{Retry, RetryPolicy, Token};
+use crate::layers::{Retry, RetryPolicy};
 use crate::types::{
     Consistency, DEFAULT_WAIT, Index, MAX_WAIT, QueryMeta, QueryOptions, RequestDefaults,
 };
@@ -344,7 +344,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Builds the client: HTTP transport, then retries, then the token.
+    /// Builds the client: HTTP transport, then retries; the token and datacenter become the
+    /// client's [`RequestDefaults`], applied with every request's own options in one place.
     pub fn build(mut self) -> Result<Client, Error> {
         if let Some(file) = &self.token_file {
             let text = std::fs::read_to_string(file).map_err(|e| {
@@ -355,8 +356,15 @@ impl ClientBuilder {
             }
         }
         let http = Retry::new(HttpTransport::with_options(&self.address, self.http)?, self.retry);
-        let client = match &self.token {
-            Some(t) => Client::new(Token::new(http, t)?),
+        let client = match self.token {
+            Some(t) => {
+                if HeaderValue::from_str(&t).is_err() {
+                    return Err(Error::config(
+                        "the ACL token contains characters not allowed in a header",
+                    ));
+                }
+                Client::new(http).with_token(t)
+            }
             None => Client::new(http),
         };
         Ok(match self.datacenter {
