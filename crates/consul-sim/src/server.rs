@@ -290,10 +290,13 @@ pub(crate) async fn serve_connection<I>(
 {
     let leaving = sim.clone();
     let opts = options.clone();
+    // The client's name for fault injection, written once per connection.
+    let peer_name: Arc<str> = peer.ip().to_string().into();
     let service = service_fn(move |req| {
         let sim = sim.clone();
         let opts = opts.clone();
-        async move { handle(&sim, &opts, peer, req).await }
+        let peer_name = peer_name.clone();
+        async move { handle(&sim, &opts, &peer_name, req).await }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -330,7 +333,7 @@ impl std::error::Error for Dropped {}
 async fn handle(
     sim: &Sim,
     options: &ServeOptions,
-    peer: SocketAddr,
+    peer_name: &str,
     req: http::Request<Incoming>,
 ) -> Result<http::Response<Full<Bytes>>, Dropped> {
     let (parts, body) = req.into_parts();
@@ -350,8 +353,8 @@ async fn handle(
         Err(BadTarget::Query(_)) => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, "")),
     }
     let client = match parts.headers.get("x-sim-client").and_then(|v| v.to_str().ok()) {
-        Some(name) if options.fault_injection => name.to_string(),
-        _ => peer.ip().to_string(),
+        Some(name) if options.fault_injection => std::borrow::Cow::Owned(name.to_string()),
+        _ => std::borrow::Cow::Borrowed(peer_name),
     };
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),

@@ -316,7 +316,11 @@ impl Consul {
                 return Ok(false);
             }
         }
-        let mut entry = existing.cloned().unwrap_or_default();
+        // The entry as written: the old value is not copied only to be replaced.
+        let mut entry = match existing {
+            Some(e) => KvEntry { value: Box::default(), session: e.session.clone(), ..*e },
+            None => KvEntry::default(),
+        };
         let created = existing.is_none();
         if w.acquire.is_none() && w.release.is_none() {
             // A plain set or cas writes the request's own LockIndex, which is 0; the holding

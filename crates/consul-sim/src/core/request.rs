@@ -217,11 +217,18 @@ impl Target {
     }
 }
 
+/// Percent-decodes one component, `+` as a space in the query; one allocation, the result.
 fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
-    let s = if plus_is_space { s.replace('+', " ") } else { s.to_string() };
-    percent_decode_str(&s)
+    let spaced;
+    let s = if plus_is_space && s.contains('+') {
+        spaced = s.replace('+', " ");
+        spaced.as_str()
+    } else {
+        s
+    };
+    percent_decode_str(s)
         .decode_utf8()
-        .map(|c| c.into_owned())
+        .map(std::borrow::Cow::into_owned)
         .map_err(|_| format!("{s:?} is not valid UTF-8 once decoded"))
 }
 
