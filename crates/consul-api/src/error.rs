@@ -191,15 +191,28 @@ impl Error {
     ///
     /// Whether a retry is *safe* also depends on the request: only idempotent requests are
     /// retried after an ambiguous failure (see [`crate::layers::Retry`]). A 4xx other than
-    /// 429 is never retryable.
+    /// 429 is never retryable, and neither are the 500s Consul gives for a request that can
+    /// never succeed as sent (an unknown datacenter, a session that does not exist, a query
+    /// number it cannot parse): asking again only adds the retry policy's delays.
     pub fn is_retryable(&self) -> bool {
         match self.kind {
             Kind::Connect | Kind::Timeout | Kind::Ambiguous => true,
+            Kind::Status if self.is_permanent_server_error() => false,
             Kind::Status => self
                 .status
                 .is_some_and(|s| s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS),
             Kind::Decode | Kind::Invalid | Kind::Config | Kind::Aborted => false,
         }
+    }
+}
+
+impl Error {
+    /// Consul 1.8.7's 500 answers that depend only on the request (measured in the
+    /// conformance cases).
+    fn is_permanent_server_error(&self) -> bool {
+        const PERMANENT: [&str; 3] = ["No path to datacenter", "invalid session", "strconv."];
+        self.status == Some(StatusCode::INTERNAL_SERVER_ERROR)
+            && PERMANENT.iter().any(|p| self.message.starts_with(p))
     }
 }
 
@@ -271,6 +284,10 @@ mod tests {
             Error::status(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader").is_retryable()
         );
         assert!(Error::status(StatusCode::TOO_MANY_REQUESTS, "").is_retryable());
+        let no_path = Error::status(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
+        assert!(!no_path.is_retryable());
+        let gone = Error::status(StatusCode::INTERNAL_SERVER_ERROR, "invalid session \"x\"");
+        assert!(!gone.is_retryable());
         assert!(Error::connect("refused").is_retryable());
         assert!(!Error::status(StatusCode::BAD_REQUEST, "bad").is_retryable());
         assert!(!Error::status(StatusCode::NOT_FOUND, "").is_retryable());
