@@ -33,6 +33,7 @@
 //! takes more than `ceil(factor × its fair share)`.
 
 mod bounded;
+mod index;
 mod ring;
 pub mod stats;
 

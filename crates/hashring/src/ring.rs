@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::index::Index;
+
 /// The fixed seed of every hash on the ring (`"consulha"` in ASCII). Changing it moves data.
 const SEED: u64 = 0x636f_6e73_756c_6861;
-
-/// Bits of the hash used to index the lookup table that narrows each search.
-const TABLE_BITS: u32 = 16;
 
 /// The most virtual nodes one ring may hold, so a typo in a weight cannot exhaust memory.
 const MAX_POINTS: u64 = 1 << 26;
@@ -138,17 +137,9 @@ struct Inner {
     points: Vec<u64>,
     /// `owners[i]` is the member index owning `points[i]`.
     owners: Vec<u32>,
-    /// `table[b]` is the index of the first point whose top bits are ≥ `b`.
-    table: Vec<u32>,
-    /// Fast path: for each of `2^direct_bits` equal slices of the hash space, the owner of
-    /// every hash in it when that is one member, else `NOT_DIRECT`. Most lookups end here
-    /// with one read from a small table. Empty when members do not fit in a `u16`.
-    direct: Vec<u16>,
-    direct_bits: u32,
+    /// Narrows every lookup; most end in one cache line of it.
+    index: Index,
 }
-
-/// A `direct` slice whose hashes have more than one owner.
-const NOT_DIRECT: u16 = u16::MAX;
 
 impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -221,17 +212,7 @@ impl Ring {
         pairs.sort_unstable();
         let (points, owners): (Vec<u64>, Vec<u32>) = pairs.into_iter().unzip();
 
-        let mut table = vec![0u32; (1usize << TABLE_BITS) + 1];
-        let mut p = 0usize;
-        for (bucket, slot) in table.iter_mut().enumerate() {
-            let lower = (bucket as u64) << (64 - TABLE_BITS);
-            while p < points.len() && bucket < (1 << TABLE_BITS) && points[p] < lower {
-                p += 1;
-            }
-            *slot = if bucket == 1 << TABLE_BITS { points.len() as u32 } else { p as u32 };
-        }
-
-        let (direct, direct_bits) = direct_table(&points, &owners, members.len());
+        let index = Index::new(&points, &owners, members.len());
 
         let mut zones: Vec<Option<&str>> = members.iter().map(|m| m.zone.as_deref()).collect();
         zones.sort_unstable();
@@ -250,9 +231,7 @@ impl Ring {
                 members,
                 points,
                 owners,
-                table,
-                direct,
-                direct_bits,
+                index,
             }),
         })
     }
@@ -284,7 +263,7 @@ impl Ring {
         self.inner.points.len()
     }
 
-    /// The heap memory the ring holds, in bytes (points, owners, lookup table, members).
+    /// The heap memory the ring holds, in bytes (points, owners, lookup index, members).
     pub fn memory_bytes(&self) -> usize {
         let i = &self.inner;
         let members: usize = i
@@ -296,11 +275,7 @@ impl Ring {
                     + m.zone.as_ref().map_or(0, String::capacity)
             })
             .sum();
-        i.points.capacity() * 8
-            + i.owners.capacity() * 4
-            + i.table.capacity() * 4
-            + i.direct.capacity() * 2
-            + members
+        i.points.capacity() * 8 + i.owners.capacity() * 4 + i.index.memory_bytes() + members
     }
 
     /// The virtual-node positions, sorted.
@@ -317,9 +292,8 @@ impl Ring {
     #[inline]
     fn position(&self, hash: u64) -> usize {
         let i = &*self.inner;
-        let bucket = (hash >> (64 - TABLE_BITS)) as usize;
-        let (lo, hi) = (i.table[bucket] as usize, i.table[bucket + 1] as usize);
-        // A bucket holds a handful of points: scanning beats a binary search here.
+        let (lo, hi) = i.index.bounds(hash);
+        // A slice holds a handful of points: scanning beats a binary search here.
         let slice = &i.points[lo..hi];
         let off = if slice.len() <= 8 {
             slice.iter().position(|&p| p >= hash).unwrap_or(slice.len())
@@ -350,10 +324,8 @@ impl Ring {
         if i.points.is_empty() {
             return None;
         }
-        if let Some(&d) = i.direct.get((hash >> (64 - i.direct_bits)) as usize)
-            && d != NOT_DIRECT
-        {
-            return Some(usize::from(d));
+        if let Some(owner) = i.index.owner(hash) {
+            return Some(usize::from(owner));
         }
         Some(i.owners[self.position(hash)] as usize)
     }
@@ -386,11 +358,20 @@ impl Ring {
             return;
         }
         let len = i.points.len();
-        let mut at = self.position(hash_key(key));
+        let hash = hash_key(key);
+        // The line that found the first point also holds the owners of the next few.
+        let (mut at, in_line) = match i.index.find(hash, len) {
+            Some(found) => (found.position, found.owners),
+            None => (self.position(hash), &[][..]),
+        };
+        let owner_at = |step: usize, at: usize| match in_line.get(step) {
+            Some(&o) => u32::from(o),
+            None => i.owners[at],
+        };
         if n <= 16 {
             // Few replicas: `out` itself says who is taken; no allocation besides `out`.
-            for _ in 0..len {
-                let m = &i.members[i.owners[at] as usize];
+            for step in 0..len {
+                let m = &i.members[owner_at(step, at) as usize];
                 if !out.iter().any(|o| std::ptr::eq(*o, m)) {
                     out.push(m);
                     if out.len() == n {
@@ -402,8 +383,8 @@ impl Ring {
             return;
         }
         let mut seen = Seen::new(i.members.len(), n);
-        for _ in 0..len {
-            let owner = i.owners[at];
+        for step in 0..len {
+            let owner = owner_at(step, at);
             if seen.insert(owner) {
                 out.push(&i.members[owner as usize]);
                 if out.len() == n {
@@ -523,34 +504,6 @@ impl Seen {
             Seen::Many(bits) => !std::mem::replace(&mut bits[owner as usize], true),
         }
     }
-}
-
-/// The fast-path table of a ring: `2^bits` slices (one to four per point, at most 2^18 so it
-/// stays within 512 KiB; none past 2^18 points), each holding its single owner or
-/// [`NOT_DIRECT`]. A slice has a single owner when the points inside it and the first point
-/// after it all belong to one member.
-fn direct_table(points: &[u64], owners: &[u32], members: usize) -> (Vec<u16>, u32) {
-    // Past 2^18 points the slices would hold several points each: few would have one owner,
-    // and the extra read would cost more than it saves.
-    if points.is_empty() || points.len() > 1 << 18 || members >= usize::from(NOT_DIRECT) {
-        return (Vec::new(), 1);
-    }
-    let bits = (usize::BITS - points.len().leading_zeros() + 1).clamp(8, 18);
-    let slices = 1usize << bits;
-    let mut direct = Vec::with_capacity(slices);
-    let mut p = 0usize; // first point at or after the slice's lower bound
-    for slice in 0..slices {
-        let upper = (slice as u128 + 1) << (64 - bits);
-        let first = p;
-        while p < points.len() && u128::from(points[p]) < upper {
-            p += 1;
-        }
-        // Owners of hashes in the slice: the points inside it, then the first point after it.
-        let after = owners[p % points.len()];
-        let single = owners[first..p].iter().all(|&o| o == after);
-        direct.push(if single { after as u16 } else { NOT_DIRECT });
-    }
-    (direct, bits)
 }
 
 #[cfg(test)]

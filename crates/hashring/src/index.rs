@@ -1,0 +1,252 @@
+//! The lookup index: one 64-byte cache line per slice of the hash space, so that most
+//! lookups read one line of a table small enough to stay in cache, and never the points.
+//!
+//! A line holds up to 15 of its slice's points as 16-bit *residues* (the 16 bits of the
+//! point just below the slice bits), each with its owner, then a sentinel slot holding the
+//! owner of the first point after the slice. A hash's owner is the owner of the first
+//! residue above the hash's residue; a tie (the 16 bits match), a slice of more than 15
+//! points whose hash falls past the 15th, or a ring too large for `u16` owners fall back to
+//! an exact search of the points. The index only narrows the search: placement is still
+//! defined by the sorted points and their owners.
+
+/// Slots in a line: up to 15 points and at least one sentinel.
+const SLOTS: usize = 16;
+
+/// The owner slot of an overflowing line's last slot: the answer is not in the line.
+const NOT_HERE: u16 = u16::MAX;
+
+/// At least this many points per slice on average (and fewer than twice as many): at 8 to
+/// 16 (Poisson-distributed), about 1 % of lookups fall past a line's 15th point.
+const POINTS_PER_SLICE: usize = 8;
+
+/// One slice of the hash space, one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line {
+    /// The residues of the slice's points in order, then `u16::MAX` up to the end.
+    residues: [u16; SLOTS],
+    /// The owner of each point, then the owner of the first point after the slice (or
+    /// [`NOT_HERE`] when the slice holds more points than the line).
+    owners: [u16; SLOTS],
+}
+
+/// Where a hash falls, as found by a line.
+pub(crate) struct Found<'a> {
+    /// The index of the first point at or after the hash (wrapping to 0 past the end).
+    pub(crate) position: usize,
+    /// The owners of that point and of the points after it that the line holds, in ring
+    /// order (at least one).
+    pub(crate) owners: &'a [u16],
+}
+
+/// The index of a ring: lines (when owners fit in a `u16`) and, for every slice, the index
+/// of its first point.
+pub(crate) struct Index {
+    /// Slices are the top `bits` bits of a hash.
+    bits: u32,
+    /// `start[s]` is the index of the first point of slice `s`; `start[2^bits]` the count.
+    start: Vec<u32>,
+    /// One line per slice; empty when a ring has no points or too many members.
+    lines: Vec<Line>,
+}
+
+impl Index {
+    /// Builds the index of sorted `points` owned by `owners` (indexes below `members`).
+    pub(crate) fn new(points: &[u64], owners: &[u32], members: usize) -> Index {
+        let wanted = (points.len() / POINTS_PER_SLICE).max(2);
+        // The largest power of two at most `wanted`, so the lines of 1,000 members × 160
+        // points fit in 1 MiB.
+        let slices = 1usize << (usize::BITS - 1 - wanted.leading_zeros());
+        let bits = slices.trailing_zeros();
+        let mut start = Vec::with_capacity(slices + 1);
+        let mut p = 0usize;
+        for slice in 0..slices {
+            let lower = (slice as u64) << (64 - bits);
+            while p < points.len() && points[p] < lower {
+                p += 1;
+            }
+            start.push(p as u32);
+        }
+        start.push(points.len() as u32);
+
+        let lines = if points.is_empty() || members >= usize::from(NOT_HERE) {
+            Vec::new()
+        } else {
+            (0..slices)
+                .map(|s| {
+                    let (lo, hi) = (start[s] as usize, start[s + 1] as usize);
+                    let mut line = Line { residues: [u16::MAX; SLOTS], owners: [NOT_HERE; SLOTS] };
+                    let stored = (hi - lo).min(SLOTS - 1);
+                    for (k, at) in (lo..lo + stored).enumerate() {
+                        line.residues[k] = residue(points[at], bits);
+                        line.owners[k] = owners[at] as u16;
+                    }
+                    if hi - lo < SLOTS {
+                        // Past the slice's last point: the next point's owner, wrapping round.
+                        let next = owners[hi % points.len()] as u16;
+                        line.owners[stored..].fill(next);
+                    }
+                    line
+                })
+                .collect()
+        };
+        Index { bits, start, lines }
+    }
+
+    /// The heap bytes of the index.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.start.capacity() * 4 + self.lines.capacity() * size_of::<Line>()
+    }
+
+    /// The slice of `hash`.
+    #[inline]
+    fn slice(&self, hash: u64) -> usize {
+        (hash >> (64 - self.bits)) as usize
+    }
+
+    /// The range of point indexes in `hash`'s slice.
+    #[inline]
+    pub(crate) fn bounds(&self, hash: u64) -> (usize, usize) {
+        let s = self.slice(hash);
+        (self.start[s] as usize, self.start[s + 1] as usize)
+    }
+
+    /// The owner of `hash` from its line alone, or `None` when the line cannot tell.
+    #[inline]
+    pub(crate) fn owner(&self, hash: u64) -> Option<u16> {
+        let line = self.lines.get(self.slice(hash))?;
+        line.find(residue(hash, self.bits)).map(|slot| line.owners[slot])
+    }
+
+    /// Where `hash` falls on a ring of `len` points, from its line and the slice table,
+    /// or `None` when the line cannot tell.
+    #[inline]
+    pub(crate) fn find(&self, hash: u64, len: usize) -> Option<Found<'_>> {
+        let s = self.slice(hash);
+        let line = self.lines.get(s)?;
+        let slot = line.find(residue(hash, self.bits))?;
+        let (lo, count) = (self.start[s] as usize, (self.start[s + 1] - self.start[s]) as usize);
+        // The last slot the line fills: the point after the slice, or its 15th point.
+        let last = if count < SLOTS { count } else { SLOTS - 2 };
+        let slot = slot.min(count);
+        let position = lo + slot;
+        Some(Found {
+            position: if position == len { 0 } else { position },
+            owners: &line.owners[slot..=last],
+        })
+    }
+}
+
+impl Line {
+    /// The slot of the first point at or after a hash of residue `r`: a point's when the
+    /// residues tell, the sentinel's past the last point, `None` when they cannot tell.
+    #[inline]
+    fn find(&self, r: u16) -> Option<usize> {
+        // Branch-free count of the residues below `r` (vectorized): that many points lie
+        // before the hash, since residues are sorted and the last slot is `u16::MAX`.
+        let below: usize = self.residues.iter().map(|&x| usize::from(x < r)).sum();
+        let slot = below & (SLOTS - 1);
+        let owner = self.owners[slot];
+        if owner == NOT_HERE || self.residues[slot] == r { None } else { Some(slot) }
+    }
+}
+
+/// The 16 bits of `x` just below its top `bits` bits.
+#[inline]
+fn residue(x: u64, bits: u32) -> u16 {
+    ((x << bits) >> 48) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact answer: the first point at or after `hash`, wrapping round.
+    fn exact(points: &[u64], hash: u64) -> usize {
+        let p = points.partition_point(|&p| p < hash);
+        if p == points.len() { 0 } else { p }
+    }
+
+    /// A small deterministic generator (splitmix64), so the test needs no dependency.
+    fn next(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Checks every answer the index gives against the exact search, at the points, beside
+    /// them and at random hashes; returns how many of the 4,000 random hashes the lines
+    /// answered.
+    fn check(points: &[u64], owners: &[u32], members: usize) -> usize {
+        let index = Index::new(points, owners, members);
+        let mut state = 7;
+        let mut probes: Vec<u64> = (0..4000).map(|_| next(&mut state)).collect();
+        probes.extend(points.iter().flat_map(|&p| [p, p.wrapping_sub(1), p.wrapping_add(1)]));
+        probes.extend([0, u64::MAX, 1 << 63, (1 << 63) - 1]);
+        let mut answered = 0;
+        for (i, h) in probes.into_iter().enumerate() {
+            let want = exact(points, h);
+            if let Some(owner) = index.owner(h) {
+                assert_eq!(u32::from(owner), owners[want], "owner of {h:#x}");
+                answered += usize::from(i < 4000);
+            }
+            if let Some(found) = index.find(h, points.len()) {
+                assert_eq!(found.position, want, "position of {h:#x}");
+                for (k, &o) in found.owners.iter().enumerate() {
+                    assert_eq!(u32::from(o), owners[(want + k) % points.len()], "{k} after {h:#x}");
+                }
+            }
+            let (lo, hi) = index.bounds(h);
+            assert!(
+                points[lo..hi].iter().all(|&p| (p >> (64 - index.bits)) == h >> (64 - index.bits))
+            );
+        }
+        answered
+    }
+
+    fn sorted(mut pairs: Vec<(u64, u32)>) -> (Vec<u64>, Vec<u32>) {
+        pairs.sort_unstable();
+        pairs.into_iter().unzip()
+    }
+
+    #[test]
+    fn lines_agree_with_an_exact_search_on_random_points() {
+        let mut state = 1;
+        let pairs = (0..5000).map(|i| (next(&mut state), i % 37)).collect();
+        let (points, owners) = sorted(pairs);
+        let answered = check(&points, &owners, 37);
+        assert!(answered > 3900, "the lines answered only {answered} lookups");
+    }
+
+    #[test]
+    fn crowded_slices_ties_and_equal_residues_fall_back() {
+        let mut state = 3;
+        // 40 points in one slice (more than a line holds), points sharing their top 16
+        // residue bits, equal points owned by two members, and the ends of the hash space.
+        let mut pairs: Vec<(u64, u32)> =
+            (0..40).map(|i| (0x1000 + i * 0x10, i as u32 % 5)).collect();
+        pairs.extend((0..20).map(|i| (0x8000_0000_0000_0000 + i, 1 + i as u32 % 3)));
+        pairs.extend([
+            (0x4000_0000_0000_0000, 2),
+            (0x4000_0000_0000_0000, 4),
+            (u64::MAX, 3),
+            (0, 0),
+        ]);
+        pairs.extend((0..100).map(|i| (next(&mut state), i % 5)));
+        let (points, owners) = sorted(pairs);
+        check(&points, &owners, 5);
+    }
+
+    #[test]
+    fn tiny_and_huge_rings_answer_or_fall_back() {
+        check(&[42], &[0], 1);
+        check(&[5, u64::MAX], &[1, 0], 2);
+        // Owners past `u16`: no lines, every lookup falls back.
+        let index = Index::new(&[1, 2], &[0, 70_000], 70_001);
+        assert_eq!(index.owner(2), None);
+        assert!(index.find(2, 2).is_none());
+        assert_eq!(Index::new(&[], &[], 0).owner(9), None);
+    }
+}
