@@ -34,6 +34,7 @@
 
 mod bounded;
 mod index;
+mod owners;
 mod ring;
 pub mod stats;
 

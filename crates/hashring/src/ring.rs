@@ -1,11 +1,12 @@
 //! The ring itself: members, virtual-node points and lookups.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::index::Index;
+use crate::owners::Owners;
 
 /// The fixed seed of every hash on the ring (`"consulha"` in ASCII). Changing it moves data.
 const SEED: u64 = 0x636f_6e73_756c_6861;
@@ -135,8 +136,10 @@ struct Inner {
     zone_count: u32,
     /// Virtual-node positions, sorted; ties ordered by member name.
     points: Vec<u64>,
-    /// `owners[i]` is the member index owning `points[i]`.
-    owners: Vec<u32>,
+    /// The member index owning each point of `points`.
+    owners: Owners,
+    /// `owners` as `u32`s, made on the first call of [`Ring::owners`] only.
+    owners_wide: OnceLock<Vec<u32>>,
     /// Narrows every lookup; most end in one cache line of it.
     index: Index,
 }
@@ -213,6 +216,7 @@ impl Ring {
         let (points, owners): (Vec<u64>, Vec<u32>) = pairs.into_iter().unzip();
 
         let index = Index::new(&points, &owners, members.len());
+        let owners = Owners::new(owners, members.len());
 
         let mut zones: Vec<Option<&str>> = members.iter().map(|m| m.zone.as_deref()).collect();
         zones.sort_unstable();
@@ -231,6 +235,7 @@ impl Ring {
                 members,
                 points,
                 owners,
+                owners_wide: OnceLock::new(),
                 index,
             }),
         })
@@ -275,7 +280,8 @@ impl Ring {
                     + m.zone.as_ref().map_or(0, String::capacity)
             })
             .sum();
-        i.points.capacity() * 8 + i.owners.capacity() * 4 + i.index.memory_bytes() + members
+        let wide = i.owners_wide.get().map_or(0, |w| w.capacity() * 4);
+        i.points.capacity() * 8 + i.owners.memory_bytes() + wide + i.index.memory_bytes() + members
     }
 
     /// The virtual-node positions, sorted.
@@ -284,8 +290,17 @@ impl Ring {
     }
 
     /// The owner (index into [`members`](Self::members)) of each point in [`points`](Self::points).
+    ///
+    /// The ring stores owners more compactly: the first call makes this list (4 bytes a
+    /// point) and keeps it.
     pub fn owners(&self) -> &[u32] {
-        &self.inner.owners
+        self.inner.owners_wide.get_or_init(|| self.inner.owners.widen())
+    }
+
+    /// The owner (index into [`members`](Self::members)) of the `i`-th point.
+    #[inline]
+    pub(crate) fn owner_at(&self, i: usize) -> u32 {
+        self.inner.owners.get(i)
     }
 
     /// The index of the first point at or after `hash`, wrapping to 0 past the end.
@@ -327,7 +342,7 @@ impl Ring {
         if let Some(owner) = i.index.owner(hash) {
             return Some(usize::from(owner));
         }
-        Some(i.owners[self.position(hash)] as usize)
+        Some(i.owners.get(self.position(hash)) as usize)
     }
 
     /// Member indexes of every point clockwise from `hash`, once round the ring.
@@ -335,7 +350,7 @@ impl Ring {
         let i = &*self.inner;
         let len = i.points.len();
         let start = if len == 0 { 0 } else { self.position(hash) };
-        (0..len).map(move |step| i.owners[(start + step) % len] as usize)
+        (0..len).map(move |step| i.owners.get((start + step) % len) as usize)
     }
 
     /// `n` distinct members for `key` in ring order; the first is [`node_for_key`]'s answer.
@@ -366,7 +381,7 @@ impl Ring {
         };
         let owner_at = |step: usize, at: usize| match in_line.get(step) {
             Some(&o) => u32::from(o),
-            None => i.owners[at],
+            None => i.owners.get(at),
         };
         if n <= 16 {
             // Few replicas: `out` itself says who is taken; no allocation besides `out`.
@@ -414,7 +429,7 @@ impl Ring {
         let start = self.position(hash_key(key));
         let len = i.points.len();
         for step in 0..len {
-            let owner = i.owners[(start + step) % len];
+            let owner = i.owners.get((start + step) % len);
             if !seen.insert(owner) {
                 continue;
             }
@@ -616,6 +631,21 @@ mod tests {
         let r4 = r3.without_member("a").unwrap();
         assert_eq!([ring.version(), r2.version(), r3.version(), r4.version()], [1, 2, 3, 4]);
         assert_eq!(r4.members().len(), 1);
+    }
+
+    #[test]
+    fn rings_too_big_for_u16_owners_place_by_the_points() {
+        // 70,000 members: no lines, `u32` owners; every answer comes from the exact search.
+        let config = RingConfig { vnodes_per_weight: 1 };
+        let ring =
+            Ring::with_config((0..70_000).map(|i| Member::new(format!("m{i}"))), config).unwrap();
+        for k in 0..2000u32 {
+            let h = hash_key(&k.to_le_bytes());
+            let first = ring.points().partition_point(|&p| p < h) % ring.point_count();
+            let want = &ring.members()[ring.owners()[first] as usize];
+            assert_eq!(ring.node_for_hash(h), Some(want));
+            assert_eq!(ring.replicas(&k.to_le_bytes(), 2)[0], want);
+        }
     }
 
     #[test]
