@@ -4,29 +4,36 @@
 //! A line holds up to 15 of its slice's points as 16-bit *residues* (the 16 bits of the
 //! point just below the slice bits), each with its owner, then a sentinel slot holding the
 //! owner of the first point after the slice. A hash's owner is the owner of the first
-//! residue above the hash's residue; a tie (the 16 bits match), a slice of more than 15
-//! points whose hash falls past the 15th, or a ring too large for `u16` owners fall back to
-//! an exact search of the points. The index only narrows the search: placement is still
-//! defined by the sorted points and their owners.
+//! residue above the hash's residue. A slice of more than 15 points keeps 14 in its line
+//! and the rest in continuation lines (same layout) after the slices' lines. A tie (the
+//! 16 bits match) or a ring too large for `u16` owners falls back to an exact search of
+//! the points. The index only narrows the search: placement is still defined by the sorted
+//! points and their owners.
 
 /// Slots in a line: up to 15 points and at least one sentinel.
 const SLOTS: usize = 16;
 
-/// The owner slot of an overflowing line's last slot: the answer is not in the line.
+/// Points a line holds when the slice continues in another line: the last two slots say
+/// where (owner [`NOT_HERE`], then the continuation's number).
+const CHAINED: usize = SLOTS - 2;
+
+/// An owner slot that holds no owner: the slice continues elsewhere (or, in the last slot
+/// of a chained line, nowhere the index can tell).
 const NOT_HERE: u16 = u16::MAX;
 
 /// At least this many points per slice on average (and fewer than twice as many): at 8 to
-/// 16 (Poisson-distributed), about 1 % of lookups fall past a line's 15th point.
+/// 16 (Poisson-distributed), 1 to 4 % of lookups fall past a line's 14th point and read a
+/// continuation line.
 const POINTS_PER_SLICE: usize = 8;
 
-/// One slice of the hash space, one cache line.
+/// One slice of the hash space (or the rest of one), one cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line {
-    /// The residues of the slice's points in order, then `u16::MAX` up to the end.
+    /// The residues of the points in order, then `u16::MAX` up to the end.
     residues: [u16; SLOTS],
-    /// The owner of each point, then the owner of the first point after the slice (or
-    /// [`NOT_HERE`] when the slice holds more points than the line).
+    /// The owner of each point, then the owner of the first point after the slice; or, in
+    /// a chained line, [`NOT_HERE`] and the number of the continuation line.
     owners: [u16; SLOTS],
 }
 
@@ -46,13 +53,19 @@ pub(crate) struct Index {
     bits: u32,
     /// `start[s]` is the index of the first point of slice `s`; `start[2^bits]` the count.
     start: Vec<u32>,
-    /// One line per slice; empty when a ring has no points or too many members.
+    /// One line per slice, then the continuation lines; empty when a ring has no points or
+    /// too many members.
     lines: Vec<Line>,
 }
 
 impl Index {
     /// Builds the index of sorted `points` owned by `owners` (indexes below `members`).
     pub(crate) fn new(points: &[u64], owners: &[u32], members: usize) -> Index {
+        Index::build(points, owners, members, usize::from(NOT_HERE))
+    }
+
+    /// [`new`](Self::new) with at most `max_chained` continuation lines.
+    fn build(points: &[u64], owners: &[u32], members: usize, max_chained: usize) -> Index {
         let wanted = (points.len() / POINTS_PER_SLICE).max(2);
         // The largest power of two at most `wanted`, so the lines of 1,000 members × 160
         // points fit in 1 MiB.
@@ -69,27 +82,46 @@ impl Index {
         }
         start.push(points.len() as u32);
 
-        let lines = if points.is_empty() || members >= usize::from(NOT_HERE) {
-            Vec::new()
-        } else {
-            (0..slices)
-                .map(|s| {
-                    let (lo, hi) = (start[s] as usize, start[s + 1] as usize);
-                    let mut line = Line { residues: [u16::MAX; SLOTS], owners: [NOT_HERE; SLOTS] };
-                    let stored = (hi - lo).min(SLOTS - 1);
-                    for (k, at) in (lo..lo + stored).enumerate() {
-                        line.residues[k] = residue(points[at], bits);
-                        line.owners[k] = owners[at] as u16;
-                    }
-                    if hi - lo < SLOTS {
-                        // Past the slice's last point: the next point's owner, wrapping round.
-                        let next = owners[hi % points.len()] as u16;
-                        line.owners[stored..].fill(next);
-                    }
-                    line
-                })
-                .collect()
-        };
+        if points.is_empty() || members >= usize::from(NOT_HERE) {
+            return Index { bits, start, lines: Vec::new() };
+        }
+        let mut lines = Vec::with_capacity(slices);
+        let mut chained = Vec::new();
+        for s in 0..slices {
+            let (mut lo, hi) = (start[s] as usize, start[s + 1] as usize);
+            let next = owners[hi % points.len()] as u16;
+            let mut into_chained = false;
+            loop {
+                let mut line = Line { residues: [u16::MAX; SLOTS], owners: [NOT_HERE; SLOTS] };
+                let last = hi - lo < SLOTS;
+                let stored = if last { hi - lo } else { CHAINED };
+                for (k, at) in (lo..lo + stored).enumerate() {
+                    line.residues[k] = residue(points[at], bits);
+                    line.owners[k] = owners[at] as u16;
+                }
+                // The continuation's number: this line may be a continuation itself.
+                let number = chained.len() + usize::from(into_chained);
+                let more = !last && number < max_chained;
+                if last {
+                    // Past the slice's last point: the next point's owner, wrapping round.
+                    line.owners[stored..].fill(next);
+                } else if more {
+                    line.owners[SLOTS - 1] = number as u16;
+                }
+                if into_chained {
+                    chained.push(line)
+                } else {
+                    lines.push(line)
+                }
+                if !more {
+                    break;
+                }
+                into_chained = true;
+                lo += CHAINED;
+            }
+        }
+        lines.reserve_exact(chained.len());
+        lines.extend(chained);
         Index { bits, start, lines }
     }
 
@@ -111,43 +143,65 @@ impl Index {
         (self.start[s] as usize, self.start[s + 1] as usize)
     }
 
+    /// The line after a chained `line`, if the index has it.
+    #[inline]
+    fn continuation(&self, line: &Line) -> Option<&Line> {
+        self.lines.get((1usize << self.bits) + usize::from(line.owners[SLOTS - 1]))
+    }
+
     /// The owner of `hash` from its line alone, or `None` when the line cannot tell.
     #[inline]
     pub(crate) fn owner(&self, hash: u64) -> Option<u16> {
-        let line = self.lines.get(self.slice(hash))?;
-        line.find(residue(hash, self.bits)).map(|slot| line.owners[slot])
+        let r = residue(hash, self.bits);
+        let mut line = self.lines.get(self.slice(hash))?;
+        loop {
+            let slot = line.find(r)?;
+            match line.owners[slot] {
+                NOT_HERE => line = self.continuation(line)?,
+                owner => return Some(owner),
+            }
+        }
     }
 
     /// Where `hash` falls on a ring of `len` points, from its line and the slice table,
     /// or `None` when the line cannot tell.
     #[inline]
     pub(crate) fn find(&self, hash: u64, len: usize) -> Option<Found<'_>> {
+        let r = residue(hash, self.bits);
         let s = self.slice(hash);
-        let line = self.lines.get(s)?;
-        let slot = line.find(residue(hash, self.bits))?;
-        let (lo, count) = (self.start[s] as usize, (self.start[s + 1] - self.start[s]) as usize);
-        // The last slot the line fills: the point after the slice, or its 15th point.
-        let last = if count < SLOTS { count } else { SLOTS - 2 };
-        let slot = slot.min(count);
-        let position = lo + slot;
-        Some(Found {
-            position: if position == len { 0 } else { position },
-            owners: &line.owners[slot..=last],
-        })
+        let mut line = self.lines.get(s)?;
+        let mut lo = self.start[s] as usize;
+        let hi = self.start[s + 1] as usize;
+        loop {
+            let slot = line.find(r)?;
+            if line.owners[slot] == NOT_HERE {
+                line = self.continuation(line)?;
+                lo += CHAINED;
+                continue;
+            }
+            // The last slot the line fills: the point after the slice, or its last point.
+            let count = hi - lo;
+            let last = if count < SLOTS { count } else { CHAINED - 1 };
+            let slot = slot.min(count);
+            let position = lo + slot;
+            return Some(Found {
+                position: if position == len { 0 } else { position },
+                owners: &line.owners[slot..=last],
+            });
+        }
     }
 }
 
 impl Line {
-    /// The slot of the first point at or after a hash of residue `r`: a point's when the
-    /// residues tell, the sentinel's past the last point, `None` when they cannot tell.
+    /// The slot of the first point at or after a hash of residue `r` (the sentinel's past
+    /// the last point), or `None` when the residues cannot tell.
     #[inline]
     fn find(&self, r: u16) -> Option<usize> {
         // Branch-free count of the residues below `r` (vectorized): that many points lie
         // before the hash, since residues are sorted and the last slot is `u16::MAX`.
         let below: usize = self.residues.iter().map(|&x| usize::from(x < r)).sum();
         let slot = below & (SLOTS - 1);
-        let owner = self.owners[slot];
-        if owner == NOT_HERE || self.residues[slot] == r { None } else { Some(slot) }
+        if self.residues[slot] == r { None } else { Some(slot) }
     }
 }
 
@@ -180,7 +234,10 @@ mod tests {
     /// them and at random hashes; returns how many of the 4,000 random hashes the lines
     /// answered.
     fn check(points: &[u64], owners: &[u32], members: usize) -> usize {
-        let index = Index::new(points, owners, members);
+        check_index(&Index::new(points, owners, members), points, owners)
+    }
+
+    fn check_index(index: &Index, points: &[u64], owners: &[u32]) -> usize {
         let mut state = 7;
         let mut probes: Vec<u64> = (0..4000).map(|_| next(&mut state)).collect();
         probes.extend(points.iter().flat_map(|&p| [p, p.wrapping_sub(1), p.wrapping_add(1)]));
@@ -237,6 +294,27 @@ mod tests {
         pairs.extend((0..100).map(|i| (next(&mut state), i % 5)));
         let (points, owners) = sorted(pairs);
         check(&points, &owners, 5);
+        // Continuation lines running out: the rest of a slice falls back.
+        for max_chained in [0, 1, 2] {
+            check_index(&Index::build(&points, &owners, 5, max_chained), &points, &owners);
+        }
+    }
+
+    #[test]
+    fn crowded_slices_continue_in_chained_lines() {
+        // 100 points 2^45 apart (residues 2 apart) in each of two of 16 slices: eight lines
+        // each (7 × 14 points, then 2), and every point answered.
+        let mut pairs: Vec<(u64, u32)> =
+            (0..100).map(|i| (0x10_0000 + (i << 45), i as u32 % 7)).collect();
+        pairs.extend((0..100).map(|i| (0xc000_0000_0000_0000 + (i << 45), i as u32 % 3)));
+        let (points, owners) = sorted(pairs);
+        let index = Index::new(&points, &owners, 7);
+        assert_eq!(index.lines.len(), 16 + 2 * 7);
+        for (i, &p) in points.iter().enumerate() {
+            let between = p + (1 << 44); // one residue above p, one below the next point
+            assert_eq!(index.owner(between).map(u32::from), Some(owners[(i + 1) % points.len()]));
+        }
+        check(&points, &owners, 7);
     }
 
     #[test]
