@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use hashring::{Member, Ring, stats};
+use hashring::{Member, Ring, RingConfig, stats};
 
 const VNODES: usize = 160;
 const WARM: usize = 2048;
@@ -88,21 +88,22 @@ fn memory_and_balance() {
     let sample: Vec<String> = (0..200_000).map(|i| format!("key-{i}")).collect();
     let slices = || sample.iter().map(|k| k.as_bytes());
     let mut table = String::from(
-        "ring memory, build time and balance (200,000 keys), 160 vnodes per member\n\n\
-         | members | ours memory | ours build (best of 5) | ours exact peak/mean | ours sampled | ours bounded(1.10) | consistent_hash_ring sampled |\n\
-         |---|---|---|---|---|---|---|\n",
+        "ring memory, build time and balance (200,000 keys)\n\n\
+         | members | vnodes | ours memory | ours build (best of 5) | ours exact peak/mean | ours sampled | ours bounded(1.10) | consistent_hash_ring sampled |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
-    for n in [10, 100, 1000, 10_000] {
+    for (n, vnodes) in [(10, 160), (100, 160), (1000, 160), (10_000, 160), (10_000, 40)] {
         let members: Vec<Member> = names(n).into_iter().map(Member::new).collect();
+        let config = RingConfig { vnodes_per_weight: vnodes };
         let build = (0..5)
             .map(|_| {
                 let t = Instant::now();
-                black_box(Ring::new(members.iter().cloned()).expect("valid"));
+                black_box(Ring::with_config(members.iter().cloned(), config).expect("valid"));
                 t.elapsed()
             })
             .min()
             .unwrap_or_default();
-        let ring = ours(n);
+        let ring = Ring::with_config(members, config).expect("valid");
         let plain = stats::peak_to_mean(&stats::load(&ring, slices()));
         let bounded = ring.bounded_assignment(slices(), 1.10).expect("members").peak_to_mean();
         let chr_balance = if n <= 1000 {
@@ -125,7 +126,7 @@ fn memory_and_balance() {
         };
         let _ = writeln!(
             table,
-            "| {n} | {:.2} MB | {:.2} ms | {:.3} | {plain:.3} | {bounded:.3} | {chr_balance} |",
+            "| {n} | {vnodes} | {:.2} MB | {:.2} ms | {:.3} | {plain:.3} | {bounded:.3} | {chr_balance} |",
             ring.memory_bytes() as f64 / 1e6,
             build.as_secs_f64() * 1e3,
             stats::exact_peak_to_mean(&ring),
@@ -160,6 +161,19 @@ fn lookups(c: &mut Criterion, group: &str, keys: &[&'static str], sizes: &[usize
             })
         });
         drop(ring);
+        if n == 10_000 {
+            // The other way to a small index: fewer points per member (40, not 160). Not the
+            // same placement; balance from `bounded_assignment` when the keys are known.
+            let config = RingConfig { vnodes_per_weight: 40 };
+            let ring = Ring::with_config(names(n).into_iter().map(Member::new), config)
+                .expect("valid members");
+            group.bench_function(BenchmarkId::new("ours-vnodes40", n), |b| {
+                b.iter(|| {
+                    i = (i + 1) & mask;
+                    black_box(ring.node_for_key(keys[i].as_bytes()))
+                })
+            });
+        }
         let anchor = peer_anchor(n);
         group.bench_function(BenchmarkId::new("anchorhash", n), |b| {
             b.iter(|| {

@@ -285,7 +285,7 @@ fn non_test_lines(file: &Path) -> Vec<(usize, String)> {
 }
 
 /// Reads criterion's results under `target/criterion` (or `$CARGO_TARGET_DIR/criterion`)
-/// and prints, per group and parameter, each implementation's mean time and the ratio of
+/// and prints, per group and parameter, each implementation's median time and the ratio of
 /// ours (the function named `ours`) to it; then the tables benches wrote beside the results
 /// (`*.md`: the ring's memory, build time and balance).
 fn bench_report() -> Result {
@@ -302,7 +302,7 @@ fn bench_report() -> Result {
         ));
     }
     rows.sort_by(|a, b| (&a.0, &a.2, &a.1).cmp(&(&b.0, &b.2, &b.1)));
-    println!("| group | parameter | implementation | mean | ours / this |");
+    println!("| group | parameter | implementation | median | ours / this |");
     println!("|---|---|---|---|---|");
     for (group, function, param, ns) in &rows {
         let ours = rows
@@ -355,7 +355,8 @@ fn collect_estimates(dir: &Path, rows: &mut Vec<(String, String, String, f64)>) 
             };
             if let (Some(b), Some(e)) = (read("benchmark.json"), read("estimates.json")) {
                 let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-                if let Some(ns) = e["mean"]["point_estimate"].as_f64() {
+                // The median: on a shared machine, bursts of other work skew the mean.
+                if let Some(ns) = e["median"]["point_estimate"].as_f64() {
                     rows.push((
                         text(&b["group_id"]),
                         text(&b["function_id"]),
