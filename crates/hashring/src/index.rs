@@ -37,13 +37,18 @@ struct Line {
     owners: [u16; SLOTS],
 }
 
-/// Where a hash falls, as found by a line.
-pub(crate) struct Found<'a> {
-    /// The index of the first point at or after the hash (wrapping to 0 past the end).
-    pub(crate) position: usize,
-    /// The owners of that point and of the points after it that the line holds, in ring
-    /// order (at least one).
+/// The start of a walk round the ring from a hash, as far as its line goes.
+pub(crate) struct Walk<'a> {
+    /// The owners of the first point at or after the hash and of the points after it that
+    /// the line holds, in ring order. A final line ends with the owner of the point after
+    /// the slice, repeated to the end of the line: repeats name the same member again.
     pub(crate) owners: &'a [u16],
+    /// The slice of the hash.
+    slice: usize,
+    /// Lines of the slice before this one (continuations followed).
+    chained: usize,
+    /// Whether the slice continues in another line after this one.
+    continues: bool,
 }
 
 /// The index of a ring: lines (when owners fit in a `u16`) and, for every slice, the index
@@ -163,32 +168,36 @@ impl Index {
         }
     }
 
-    /// Where `hash` falls on a ring of `len` points, from its line and the slice table,
-    /// or `None` when the line cannot tell.
+    /// The owners `hash`'s line holds from where it falls, or `None` when the line cannot
+    /// tell; [`after`](Self::after) says where the walk goes on.
     #[inline]
-    pub(crate) fn find(&self, hash: u64, len: usize) -> Option<Found<'_>> {
+    pub(crate) fn walk(&self, hash: u64) -> Option<Walk<'_>> {
         let r = residue(hash, self.bits);
-        let s = self.slice(hash);
-        let mut line = self.lines.get(s)?;
-        let mut lo = self.start[s] as usize;
-        let hi = self.start[s + 1] as usize;
+        let slice = self.slice(hash);
+        let mut line = self.lines.get(slice)?;
+        let mut chained = 0;
         loop {
             let slot = line.find(r)?;
             if line.owners[slot] == NOT_HERE {
                 line = self.continuation(line)?;
-                lo += CHAINED;
+                chained += 1;
                 continue;
             }
-            // The last slot the line fills: the point after the slice, or its last point.
-            let count = hi - lo;
-            let last = if count < SLOTS { count } else { CHAINED - 1 };
-            let slot = slot.min(count);
-            let position = lo + slot;
-            return Some(Found {
-                position: if position == len { 0 } else { position },
-                owners: &line.owners[slot..=last],
-            });
+            let continues = line.owners[CHAINED] == NOT_HERE;
+            let end = if continues { CHAINED } else { SLOTS };
+            return Some(Walk { owners: &line.owners[slot..end], slice, chained, continues });
         }
+    }
+
+    /// The index of the first point after those `walk` holds, on a ring of `len` points.
+    pub(crate) fn after(&self, walk: &Walk<'_>, len: usize) -> usize {
+        let next = if walk.continues {
+            self.start[walk.slice] as usize + CHAINED * (walk.chained + 1)
+        } else {
+            // The line ended with the point after the slice.
+            self.start[walk.slice + 1] as usize + 1
+        };
+        next % len
     }
 }
 
@@ -249,11 +258,18 @@ mod tests {
                 assert_eq!(u32::from(owner), owners[want], "owner of {h:#x}");
                 answered += usize::from(i < 4000);
             }
-            if let Some(found) = index.find(h, points.len()) {
-                assert_eq!(found.position, want, "position of {h:#x}");
-                for (k, &o) in found.owners.iter().enumerate() {
-                    assert_eq!(u32::from(o), owners[(want + k) % points.len()], "{k} after {h:#x}");
-                }
+            if let Some(walk) = index.walk(h) {
+                // The walk (the line's owners, then the owner list from `after`) meets
+                // the members in the order the points do.
+                let len = points.len();
+                let after = index.after(&walk, len);
+                let walked = walk.owners.iter().map(|&o| u32::from(o));
+                // The walk covers the points from `want` to `after + 63`, at most `want + 79`.
+                let walked = walked.chain((0..64).map(|k| owners[(after + k) % len]));
+                let exact = first_sightings((0..80).map(|k| owners[(want + k) % len]));
+                let walked = first_sightings(walked);
+                assert!(exact.starts_with(&walked), "walk from {h:#x}: {walked:?} {exact:?}");
+                assert_eq!(u32::from(walk.owners[0]), owners[want]);
             }
             let (lo, hi) = index.bounds(h);
             assert!(
@@ -261,6 +277,17 @@ mod tests {
             );
         }
         answered
+    }
+
+    /// Members in the order they first appear.
+    fn first_sightings(owners: impl Iterator<Item = u32>) -> Vec<u32> {
+        let mut seen = Vec::new();
+        for o in owners {
+            if !seen.contains(&o) {
+                seen.push(o);
+            }
+        }
+        seen
     }
 
     fn sorted(mut pairs: Vec<(u64, u32)>) -> (Vec<u64>, Vec<u32>) {
@@ -324,7 +351,7 @@ mod tests {
         // Owners past `u16`: no lines, every lookup falls back.
         let index = Index::new(&[1, 2], &[0, 70_000], 70_001);
         assert_eq!(index.owner(2), None);
-        assert!(index.find(2, 2).is_none());
+        assert!(index.walk(2).is_none());
         assert_eq!(Index::new(&[], &[], 0).owner(9), None);
     }
 }

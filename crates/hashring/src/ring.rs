@@ -374,32 +374,40 @@ impl Ring {
         }
         let len = i.points.len();
         let hash = hash_key(key);
-        // The line that found the first point also holds the owners of the next few.
-        let (mut at, in_line) = match i.index.find(hash, len) {
-            Some(found) => (found.position, found.owners),
-            None => (self.position(hash), &[][..]),
-        };
-        let owner_at = |step: usize, at: usize| match in_line.get(step) {
-            Some(&o) => u32::from(o),
-            None => i.owners.get(at),
+        // Adds `owner` unless taken (`out` itself says who is; no allocation besides
+        // `out`); true once `out` is full.
+        let mut add = |owner: u32| {
+            let m = &i.members[owner as usize];
+            if !out.iter().any(|o| std::ptr::eq(*o, m)) {
+                out.push(m);
+            }
+            out.len() == n
         };
         if n <= 16 {
-            // Few replicas: `out` itself says who is taken; no allocation besides `out`.
-            for step in 0..len {
-                let m = &i.members[owner_at(step, at) as usize];
-                if !out.iter().any(|o| std::ptr::eq(*o, m)) {
-                    out.push(m);
-                    if out.len() == n {
-                        return;
+            // The key's line holds the owners of the next few points: most walks end there.
+            let mut at = match i.index.walk(hash) {
+                Some(walk) => {
+                    for &o in walk.owners {
+                        if add(u32::from(o)) {
+                            return;
+                        }
                     }
+                    i.index.after(&walk, len)
+                }
+                None => self.position(hash),
+            };
+            for _ in 0..len {
+                if add(i.owners.get(at)) {
+                    return;
                 }
                 at = if at + 1 == len { 0 } else { at + 1 };
             }
             return;
         }
+        let mut at = self.position(hash);
         let mut seen = Seen::new(i.members.len(), n);
-        for step in 0..len {
-            let owner = owner_at(step, at);
+        for _ in 0..len {
+            let owner = i.owners.get(at);
             if seen.insert(owner) {
                 out.push(&i.members[owner as usize]);
                 if out.len() == n {
