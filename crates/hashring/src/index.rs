@@ -54,8 +54,13 @@ pub(crate) struct Walk<'a> {
 /// The index of a ring: lines (when owners fit in a `u16`) and, for every slice, the index
 /// of its first point.
 pub(crate) struct Index {
-    /// Slices are the top `bits` bits of a hash.
-    bits: u32,
+    /// Slices are the top `bits` bits of a hash: `64 - bits` and `48 - bits`, the shifts
+    /// that give a hash's slice and (cut to 16 bits) its residue, are kept so a lookup
+    /// spends no instruction on them.
+    slice_shift: u32,
+    residue_shift: u32,
+    /// `2^bits`: the number of the first continuation line.
+    slices: usize,
     /// `start[s]` is the index of the first point of slice `s`; `start[2^bits]` the count.
     start: Vec<u32>,
     /// One line per slice, then the continuation lines; empty when a ring has no points or
@@ -88,7 +93,7 @@ impl Index {
         start.push(points.len() as u32);
 
         if points.is_empty() || members >= usize::from(NOT_HERE) {
-            return Index { bits, start, lines: Vec::new() };
+            return Index::with(bits, start, Vec::new());
         }
         let mut lines = Vec::with_capacity(slices);
         let mut chained = Vec::new();
@@ -101,7 +106,7 @@ impl Index {
                 let last = hi - lo < SLOTS;
                 let stored = if last { hi - lo } else { CHAINED };
                 for (k, at) in (lo..lo + stored).enumerate() {
-                    line.residues[k] = residue(points[at], bits);
+                    line.residues[k] = residue(points[at], 48 - bits);
                     line.owners[k] = owners[at] as u16;
                 }
                 // The continuation's number: this line may be a continuation itself.
@@ -127,7 +132,12 @@ impl Index {
         }
         lines.reserve_exact(chained.len());
         lines.extend(chained);
-        Index { bits, start, lines }
+        Index::with(bits, start, lines)
+    }
+
+    fn with(bits: u32, start: Vec<u32>, lines: Vec<Line>) -> Index {
+        let (slice_shift, residue_shift) = (64 - bits, 48 - bits);
+        Index { slice_shift, residue_shift, slices: 1 << bits, start, lines }
     }
 
     /// The heap bytes of the index.
@@ -138,7 +148,7 @@ impl Index {
     /// The slice of `hash`.
     #[inline]
     fn slice(&self, hash: u64) -> usize {
-        (hash >> (64 - self.bits)) as usize
+        (hash >> self.slice_shift) as usize
     }
 
     /// The range of point indexes in `hash`'s slice.
@@ -151,13 +161,13 @@ impl Index {
     /// The line after a chained `line`, if the index has it.
     #[inline]
     fn continuation(&self, line: &Line) -> Option<&Line> {
-        self.lines.get((1usize << self.bits) + usize::from(line.owners[SLOTS - 1]))
+        self.lines.get(self.slices + usize::from(line.owners[SLOTS - 1]))
     }
 
     /// The owner of `hash` from its line alone, or `None` when the line cannot tell.
     #[inline]
     pub(crate) fn owner(&self, hash: u64) -> Option<u16> {
-        let r = residue(hash, self.bits);
+        let r = residue(hash, self.residue_shift);
         let mut line = self.lines.get(self.slice(hash))?;
         loop {
             let slot = line.find(r)?;
@@ -172,7 +182,7 @@ impl Index {
     /// tell; [`after`](Self::after) says where the walk goes on.
     #[inline]
     pub(crate) fn walk(&self, hash: u64) -> Option<Walk<'_>> {
-        let r = residue(hash, self.bits);
+        let r = residue(hash, self.residue_shift);
         let slice = self.slice(hash);
         let mut line = self.lines.get(slice)?;
         let mut chained = 0;
@@ -220,12 +230,12 @@ fn below(residues: &[i16; SLOTS], r: i16) -> usize {
     residues.iter().map(|&x| usize::from(x < r)).sum()
 }
 
-/// The 16 bits of `x` just below its top `bits` bits, shifted down by 2^15 into an `i16`:
-/// the order is the same, and a signed compare is one instruction where an unsigned one
-/// is three.
+/// The 16 bits of `x` from bit `shift` up (the 16 just below a slice's bits when `shift`
+/// is `48 - bits`), shifted down by 2^15 into an `i16`: the order is the same, and a
+/// signed compare is one instruction where an unsigned one is three.
 #[inline]
-fn residue(x: u64, bits: u32) -> i16 {
-    (((x << bits) >> 48) as u16 ^ 0x8000) as i16
+fn residue(x: u64, shift: u32) -> i16 {
+    ((x >> shift) as u16 ^ 0x8000) as i16
 }
 
 #[cfg(test)]
@@ -281,7 +291,7 @@ mod tests {
             }
             let (lo, hi) = index.bounds(h);
             assert!(
-                points[lo..hi].iter().all(|&p| (p >> (64 - index.bits)) == h >> (64 - index.bits))
+                points[lo..hi].iter().all(|&p| (p >> index.slice_shift) == h >> index.slice_shift)
             );
         }
         answered

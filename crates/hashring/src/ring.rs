@@ -336,11 +336,11 @@ impl Ring {
     #[inline]
     pub fn owner_index(&self, hash: u64) -> Option<usize> {
         let i = &*self.inner;
-        if i.points.is_empty() {
-            return None;
-        }
         if let Some(owner) = i.index.owner(hash) {
             return Some(usize::from(owner));
+        }
+        if i.points.is_empty() {
+            return None;
         }
         Some(i.owners.get(self.position(hash)) as usize)
     }
