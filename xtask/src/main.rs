@@ -294,10 +294,15 @@ fn non_test_lines(file: &Path) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// Reads criterion's results under `target/criterion` and prints, per group and parameter,
-/// each implementation's mean time and the ratio of ours (the function named `ours`) to it.
+/// Reads criterion's results under `target/criterion` (or `$CARGO_TARGET_DIR/criterion`)
+/// and prints, per group and parameter, each implementation's median time and the ratio of
+/// ours (the function named `ours`) to it; then the tables benches wrote beside the results
+/// (`*.md`: the ring's memory, build time and balance).
 fn bench_report() -> Result {
-    let dir = root().join("target").join("criterion");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let dir = target.join("criterion");
     let mut rows: Vec<(String, String, String, f64)> = Vec::new();
     collect_estimates(&dir, &mut rows);
     if rows.is_empty() {
@@ -307,7 +312,7 @@ fn bench_report() -> Result {
         ));
     }
     rows.sort_by(|a, b| (&a.0, &a.2, &a.1).cmp(&(&b.0, &b.2, &b.1)));
-    println!("| group | parameter | implementation | mean | ours / this |");
+    println!("| group | parameter | implementation | median | ours / this |");
     println!("|---|---|---|---|---|");
     for (group, function, param, ns) in &rows {
         let ours = rows
@@ -319,6 +324,18 @@ fn bench_report() -> Result {
             _ => "".to_string(),
         };
         println!("| {group} | {param} | {function} | {} | {ratio} |", human(*ns));
+    }
+    let mut tables: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    tables.sort();
+    for table in tables {
+        let text = std::fs::read_to_string(&table)
+            .map_err(|e| format!("reading {}: {e}", table.display()))?;
+        println!("\n{}", text.trim_end());
     }
     Ok(())
 }
@@ -348,7 +365,8 @@ fn collect_estimates(dir: &Path, rows: &mut Vec<(String, String, String, f64)>) 
             };
             if let (Some(b), Some(e)) = (read("benchmark.json"), read("estimates.json")) {
                 let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-                if let Some(ns) = e["mean"]["point_estimate"].as_f64() {
+                // The median: on a shared machine, bursts of other work skew the mean.
+                if let Some(ns) = e["median"]["point_estimate"].as_f64() {
                     rows.push((
                         text(&b["group_id"]),
                         text(&b["function_id"]),

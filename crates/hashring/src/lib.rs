@@ -33,6 +33,8 @@
 //! takes more than `ceil(factor × its fair share)`.
 
 mod bounded;
+mod index;
+mod owners;
 mod ring;
 pub mod stats;
 

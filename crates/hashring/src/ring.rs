@@ -1,15 +1,15 @@
 //! The ring itself: members, virtual-node points and lookups.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::index::Index;
+use crate::owners::Owners;
+
 /// The fixed seed of every hash on the ring (`"consulha"` in ASCII). Changing it moves data.
 const SEED: u64 = 0x636f_6e73_756c_6861;
-
-/// Bits of the hash used to index the lookup table that narrows each search.
-const TABLE_BITS: u32 = 16;
 
 /// The most virtual nodes one ring may hold, so a typo in a weight cannot exhaust memory.
 const MAX_POINTS: u64 = 1 << 26;
@@ -136,19 +136,13 @@ struct Inner {
     zone_count: u32,
     /// Virtual-node positions, sorted; ties ordered by member name.
     points: Vec<u64>,
-    /// `owners[i]` is the member index owning `points[i]`.
-    owners: Vec<u32>,
-    /// `table[b]` is the index of the first point whose top bits are ≥ `b`.
-    table: Vec<u32>,
-    /// Fast path: for each of `2^direct_bits` equal slices of the hash space, the owner of
-    /// every hash in it when that is one member, else `NOT_DIRECT`. Most lookups end here
-    /// with one read from a small table. Empty when members do not fit in a `u16`.
-    direct: Vec<u16>,
-    direct_bits: u32,
+    /// The member index owning each point of `points`.
+    owners: Owners,
+    /// `owners` as `u32`s, made on the first call of [`Ring::owners`] only.
+    owners_wide: OnceLock<Vec<u32>>,
+    /// Narrows every lookup; most end in one cache line of it.
+    index: Index,
 }
-
-/// A `direct` slice whose hashes have more than one owner.
-const NOT_DIRECT: u16 = u16::MAX;
 
 impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -221,17 +215,8 @@ impl Ring {
         pairs.sort_unstable();
         let (points, owners): (Vec<u64>, Vec<u32>) = pairs.into_iter().unzip();
 
-        let mut table = vec![0u32; (1usize << TABLE_BITS) + 1];
-        let mut p = 0usize;
-        for (bucket, slot) in table.iter_mut().enumerate() {
-            let lower = (bucket as u64) << (64 - TABLE_BITS);
-            while p < points.len() && bucket < (1 << TABLE_BITS) && points[p] < lower {
-                p += 1;
-            }
-            *slot = if bucket == 1 << TABLE_BITS { points.len() as u32 } else { p as u32 };
-        }
-
-        let (direct, direct_bits) = direct_table(&points, &owners, members.len());
+        let index = Index::new(&points, &owners, members.len());
+        let owners = Owners::new(owners, members.len());
 
         let mut zones: Vec<Option<&str>> = members.iter().map(|m| m.zone.as_deref()).collect();
         zones.sort_unstable();
@@ -250,9 +235,8 @@ impl Ring {
                 members,
                 points,
                 owners,
-                table,
-                direct,
-                direct_bits,
+                owners_wide: OnceLock::new(),
+                index,
             }),
         })
     }
@@ -284,7 +268,7 @@ impl Ring {
         self.inner.points.len()
     }
 
-    /// The heap memory the ring holds, in bytes (points, owners, lookup table, members).
+    /// The heap memory the ring holds, in bytes (points, owners, lookup index, members).
     pub fn memory_bytes(&self) -> usize {
         let i = &self.inner;
         let members: usize = i
@@ -296,11 +280,8 @@ impl Ring {
                     + m.zone.as_ref().map_or(0, String::capacity)
             })
             .sum();
-        i.points.capacity() * 8
-            + i.owners.capacity() * 4
-            + i.table.capacity() * 4
-            + i.direct.capacity() * 2
-            + members
+        let wide = i.owners_wide.get().map_or(0, |w| w.capacity() * 4);
+        i.points.capacity() * 8 + i.owners.memory_bytes() + wide + i.index.memory_bytes() + members
     }
 
     /// The virtual-node positions, sorted.
@@ -309,17 +290,25 @@ impl Ring {
     }
 
     /// The owner (index into [`members`](Self::members)) of each point in [`points`](Self::points).
+    ///
+    /// The ring stores owners more compactly: the first call makes this list (4 bytes a
+    /// point) and keeps it.
     pub fn owners(&self) -> &[u32] {
-        &self.inner.owners
+        self.inner.owners_wide.get_or_init(|| self.inner.owners.widen())
+    }
+
+    /// The owner (index into [`members`](Self::members)) of the `i`-th point.
+    #[inline]
+    pub(crate) fn owner_at(&self, i: usize) -> u32 {
+        self.inner.owners.get(i)
     }
 
     /// The index of the first point at or after `hash`, wrapping to 0 past the end.
     #[inline]
     fn position(&self, hash: u64) -> usize {
         let i = &*self.inner;
-        let bucket = (hash >> (64 - TABLE_BITS)) as usize;
-        let (lo, hi) = (i.table[bucket] as usize, i.table[bucket + 1] as usize);
-        // A bucket holds a handful of points: scanning beats a binary search here.
+        let (lo, hi) = i.index.bounds(hash);
+        // A slice holds a handful of points: scanning beats a binary search here.
         let slice = &i.points[lo..hi];
         let off = if slice.len() <= 8 {
             slice.iter().position(|&p| p >= hash).unwrap_or(slice.len())
@@ -347,15 +336,13 @@ impl Ring {
     #[inline]
     pub fn owner_index(&self, hash: u64) -> Option<usize> {
         let i = &*self.inner;
+        if let Some(owner) = i.index.owner(hash) {
+            return Some(usize::from(owner));
+        }
         if i.points.is_empty() {
             return None;
         }
-        if let Some(&d) = i.direct.get((hash >> (64 - i.direct_bits)) as usize)
-            && d != NOT_DIRECT
-        {
-            return Some(usize::from(d));
-        }
-        Some(i.owners[self.position(hash)] as usize)
+        Some(i.owners.get(self.position(hash)) as usize)
     }
 
     /// Member indexes of every point clockwise from `hash`, once round the ring.
@@ -363,7 +350,7 @@ impl Ring {
         let i = &*self.inner;
         let len = i.points.len();
         let start = if len == 0 { 0 } else { self.position(hash) };
-        (0..len).map(move |step| i.owners[(start + step) % len] as usize)
+        (0..len).map(move |step| i.owners.get((start + step) % len) as usize)
     }
 
     /// `n` distinct members for `key` in ring order; the first is [`node_for_key`]'s answer.
@@ -386,24 +373,41 @@ impl Ring {
             return;
         }
         let len = i.points.len();
-        let mut at = self.position(hash_key(key));
+        let hash = hash_key(key);
+        // Adds `owner` unless taken (`out` itself says who is; no allocation besides
+        // `out`); true once `out` is full.
+        let mut add = |owner: u32| {
+            let m = &i.members[owner as usize];
+            if !out.iter().any(|o| std::ptr::eq(*o, m)) {
+                out.push(m);
+            }
+            out.len() == n
+        };
         if n <= 16 {
-            // Few replicas: `out` itself says who is taken; no allocation besides `out`.
-            for _ in 0..len {
-                let m = &i.members[i.owners[at] as usize];
-                if !out.iter().any(|o| std::ptr::eq(*o, m)) {
-                    out.push(m);
-                    if out.len() == n {
-                        return;
+            // The key's line holds the owners of the next few points: most walks end there.
+            let mut at = match i.index.walk(hash) {
+                Some(walk) => {
+                    for &o in walk.owners {
+                        if add(u32::from(o)) {
+                            return;
+                        }
                     }
+                    i.index.after(&walk, len)
+                }
+                None => self.position(hash),
+            };
+            for _ in 0..len {
+                if add(i.owners.get(at)) {
+                    return;
                 }
                 at = if at + 1 == len { 0 } else { at + 1 };
             }
             return;
         }
+        let mut at = self.position(hash);
         let mut seen = Seen::new(i.members.len(), n);
         for _ in 0..len {
-            let owner = i.owners[at];
+            let owner = i.owners.get(at);
             if seen.insert(owner) {
                 out.push(&i.members[owner as usize]);
                 if out.len() == n {
@@ -433,7 +437,7 @@ impl Ring {
         let start = self.position(hash_key(key));
         let len = i.points.len();
         for step in 0..len {
-            let owner = i.owners[(start + step) % len];
+            let owner = i.owners.get((start + step) % len);
             if !seen.insert(owner) {
                 continue;
             }
@@ -523,34 +527,6 @@ impl Seen {
             Seen::Many(bits) => !std::mem::replace(&mut bits[owner as usize], true),
         }
     }
-}
-
-/// The fast-path table of a ring: `2^bits` slices (one to four per point, at most 2^18 so it
-/// stays within 512 KiB; none past 2^18 points), each holding its single owner or
-/// [`NOT_DIRECT`]. A slice has a single owner when the points inside it and the first point
-/// after it all belong to one member.
-fn direct_table(points: &[u64], owners: &[u32], members: usize) -> (Vec<u16>, u32) {
-    // Past 2^18 points the slices would hold several points each: few would have one owner,
-    // and the extra read would cost more than it saves.
-    if points.is_empty() || points.len() > 1 << 18 || members >= usize::from(NOT_DIRECT) {
-        return (Vec::new(), 1);
-    }
-    let bits = (usize::BITS - points.len().leading_zeros() + 1).clamp(8, 18);
-    let slices = 1usize << bits;
-    let mut direct = Vec::with_capacity(slices);
-    let mut p = 0usize; // first point at or after the slice's lower bound
-    for slice in 0..slices {
-        let upper = (slice as u128 + 1) << (64 - bits);
-        let first = p;
-        while p < points.len() && u128::from(points[p]) < upper {
-            p += 1;
-        }
-        // Owners of hashes in the slice: the points inside it, then the first point after it.
-        let after = owners[p % points.len()];
-        let single = owners[first..p].iter().all(|&o| o == after);
-        direct.push(if single { after as u16 } else { NOT_DIRECT });
-    }
-    (direct, bits)
 }
 
 #[cfg(test)]
@@ -663,6 +639,21 @@ mod tests {
         let r4 = r3.without_member("a").unwrap();
         assert_eq!([ring.version(), r2.version(), r3.version(), r4.version()], [1, 2, 3, 4]);
         assert_eq!(r4.members().len(), 1);
+    }
+
+    #[test]
+    fn rings_too_big_for_u16_owners_place_by_the_points() {
+        // 70,000 members: no lines, `u32` owners; every answer comes from the exact search.
+        let config = RingConfig { vnodes_per_weight: 1 };
+        let ring =
+            Ring::with_config((0..70_000).map(|i| Member::new(format!("m{i}"))), config).unwrap();
+        for k in 0..2000u32 {
+            let h = hash_key(&k.to_le_bytes());
+            let first = ring.points().partition_point(|&p| p < h) % ring.point_count();
+            let want = &ring.members()[ring.owners()[first] as usize];
+            assert_eq!(ring.node_for_hash(h), Some(want));
+            assert_eq!(ring.replicas(&k.to_le_bytes(), 2)[0], want);
+        }
     }
 
     #[test]

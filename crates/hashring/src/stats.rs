@@ -19,17 +19,17 @@ pub fn load<'k>(ring: &Ring, keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<us
 pub fn ownership(ring: &Ring) -> Vec<f64> {
     let mut share = vec![0.0; ring.members().len()];
     let points = ring.points();
-    let owners = ring.owners();
     let Some(&last) = points.last() else { return share };
     let scale = 2f64.powi(64);
     let mut prev = last;
-    for (&p, &o) in points.iter().zip(owners) {
+    for (i, &p) in points.iter().enumerate() {
+        let o = ring.owner_at(i);
         // The arc (prev, p] belongs to p's owner; the first arc wraps round from the last point.
         share[o as usize] += p.wrapping_sub(prev) as f64 / scale;
         prev = p;
     }
     if points.len() == 1 {
-        share[owners[0] as usize] = 1.0;
+        share[ring.owner_at(0) as usize] = 1.0;
     }
     share
 }
