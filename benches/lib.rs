@@ -1,1 +1,29 @@
-//! Nothing here: this package exists to hold the criterion benches under `benches/benches`.
+//! What the benches share: the ring benches' member names and keys (the criterion benches
+//! are under `benches/benches`, the cachegrind driver under `benches/examples`).
+
+use std::fmt::Write as _;
+
+/// `n` member names shaped like Consul node addresses.
+pub fn member_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("node-{i:05}.dc1.example:8300")).collect()
+}
+
+/// `count` distinct keys cut from one leaked string, so every ring can borrow them for
+/// `'static` (anchorhash wants a sized key type) and they lie in memory in the order read.
+pub fn ring_keys(count: usize) -> Vec<&'static str> {
+    let mut text = String::new();
+    let mut ends = Vec::with_capacity(count);
+    for i in 0..count {
+        let _ = write!(text, "user:{i}:session");
+        ends.push(text.len());
+    }
+    let text: &'static str = Box::leak(text.into_boxed_str());
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let key = text.get(start..end).unwrap_or_default();
+            start = end;
+            key
+        })
+        .collect()
+}

@@ -16,6 +16,7 @@ use std::hint::black_box;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use consul_ha_benches::{member_names, ring_keys};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hashring::{Member, Ring, RingConfig, stats};
 
@@ -23,43 +24,20 @@ const VNODES: usize = 160;
 const WARM: usize = 2048;
 const COLD: usize = 1 << 18;
 
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("node-{i:05}.dc1.example:8300")).collect()
-}
-
-/// `count` distinct keys cut from one leaked string, so every ring can borrow them for
-/// `'static` (anchorhash wants a sized key type) and they lie in memory in the order read.
-fn keys(count: usize) -> Vec<&'static str> {
-    let mut text = String::new();
-    let mut ends = Vec::with_capacity(count);
-    for i in 0..count {
-        let _ = write!(text, "user:{i}:session");
-        ends.push(text.len());
-    }
-    let text: &'static str = Box::leak(text.into_boxed_str());
-    let mut start = 0;
-    ends.into_iter()
-        .map(|end| {
-            let key = &text[start..end];
-            start = end;
-            key
-        })
-        .collect()
-}
-
 fn ours(n: usize) -> Ring {
-    Ring::new(names(n).into_iter().map(Member::new)).expect("valid members")
+    Ring::new(member_names(n).into_iter().map(Member::new)).expect("valid members")
 }
 
 fn peer_hashring(n: usize) -> hashring_peer::HashRing<String> {
     let mut ring = hashring_peer::HashRing::new();
-    let vnodes = names(n).into_iter().flat_map(|m| (0..VNODES).map(move |v| format!("{m}#{v}")));
+    let vnodes =
+        member_names(n).into_iter().flat_map(|m| (0..VNODES).map(move |v| format!("{m}#{v}")));
     ring.batch_add(vnodes.collect());
     ring
 }
 
 fn peer_chr(n: usize) -> consistent_hash_ring::Ring<String> {
-    consistent_hash_ring::RingBuilder::default().vnodes(VNODES).nodes_iter(names(n)).build()
+    consistent_hash_ring::RingBuilder::default().vnodes(VNODES).nodes_iter(member_names(n)).build()
 }
 
 /// consistent_hash_ring at 1,000 members, built once (seconds) and timed then: its build
@@ -78,7 +56,7 @@ fn peer_anchor(
 ) -> anchorhash::AnchorHash<&'static str, String, std::collections::hash_map::RandomState> {
     // AnchorHash needs a fixed capacity; twice the members leaves room to grow, as its docs advise.
     anchorhash::Builder::default()
-        .with_resources(names(n))
+        .with_resources(member_names(n))
         .build((2 * n).min(u16::MAX as usize) as u16)
 }
 
@@ -93,7 +71,7 @@ fn memory_and_balance() {
          |---|---|---|---|---|---|---|---|\n",
     );
     for (n, vnodes) in [(10, 160), (100, 160), (1000, 160), (10_000, 160), (10_000, 40)] {
-        let members: Vec<Member> = names(n).into_iter().map(Member::new).collect();
+        let members: Vec<Member> = member_names(n).into_iter().map(Member::new).collect();
         let config = RingConfig { vnodes_per_weight: vnodes };
         let build = (0..5)
             .map(|_| {
@@ -165,7 +143,7 @@ fn lookups(c: &mut Criterion, group: &str, keys: &[&'static str], sizes: &[usize
             // The other way to a small index: fewer points per member (40, not 160). Not the
             // same placement; balance from `bounded_assignment` when the keys are known.
             let config = RingConfig { vnodes_per_weight: 40 };
-            let ring = Ring::with_config(names(n).into_iter().map(Member::new), config)
+            let ring = Ring::with_config(member_names(n).into_iter().map(Member::new), config)
                 .expect("valid members");
             group.bench_function(BenchmarkId::new("ours-vnodes40", n), |b| {
                 b.iter(|| {
@@ -213,12 +191,13 @@ fn lookups(c: &mut Criterion, group: &str, keys: &[&'static str], sizes: &[usize
 
 fn lookup(c: &mut Criterion) {
     memory_and_balance();
-    lookups(c, "lookup-warm", &keys(WARM), &[10, 100, 1000, 10_000]);
-    lookups(c, "lookup-cold", &keys(COLD), &[1000, 10_000]);
+    lookups(c, "lookup-warm", &ring_keys(WARM), &[10, 100, 1000, 10_000]);
+    lookups(c, "lookup-cold", &ring_keys(COLD), &[1000, 10_000]);
 }
 
 fn replicas(c: &mut Criterion) {
-    for (group, keys) in [("replicas3-warm", keys(WARM)), ("replicas3-cold", keys(COLD))] {
+    for (group, keys) in [("replicas3-warm", ring_keys(WARM)), ("replicas3-cold", ring_keys(COLD))]
+    {
         let mask = keys.len() - 1;
         let mut group = c.benchmark_group(group);
         let n = 1000;
@@ -249,7 +228,7 @@ fn replicas(c: &mut Criterion) {
     }
     // hashring 0.3's `get_with_replicas` copies its whole ring (18 ms a call): timed once,
     // with the warm keys only.
-    let keys = keys(WARM);
+    let keys = ring_keys(WARM);
     let mut group = c.benchmark_group("replicas3-warm");
     group.sample_size(10);
     let peer = peer_hashring(1000);
@@ -267,7 +246,7 @@ fn rebuild(c: &mut Criterion) {
     let mut group = c.benchmark_group("rebuild");
     group.sample_size(10);
     for n in [1000, 10_000] {
-        let members: Vec<Member> = names(n).into_iter().map(Member::new).collect();
+        let members: Vec<Member> = member_names(n).into_iter().map(Member::new).collect();
         group.bench_function(BenchmarkId::new("ours", n), |b| {
             b.iter(|| black_box(Ring::new(members.iter().cloned()).expect("valid")))
         });

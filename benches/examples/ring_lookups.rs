@@ -10,32 +10,10 @@
 //! Arguments: members, `ours` | `replicas3` | `anchorhash`, lookups. Run once with 0 lookups
 //! and subtract: the difference divided by the lookups is the cost of one.
 
-use std::fmt::Write as _;
 use std::hint::black_box;
 
+use consul_ha_benches::{member_names, ring_keys};
 use hashring::{Member, Ring};
-
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("node-{i:05}.dc1.example:8300")).collect()
-}
-
-fn keys(count: usize) -> Vec<&'static str> {
-    let mut text = String::new();
-    let mut ends = Vec::with_capacity(count);
-    for i in 0..count {
-        let _ = write!(text, "user:{i}:session");
-        ends.push(text.len());
-    }
-    let text: &'static str = Box::leak(text.into_boxed_str());
-    let mut start = 0;
-    ends.into_iter()
-        .map(|end| {
-            let key = &text[start..end];
-            start = end;
-            key
-        })
-        .collect()
-}
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
@@ -43,12 +21,12 @@ fn main() -> Result<(), String> {
     let [_, n, which, lookups] = args.as_slice() else { return Err(usage.into()) };
     let n: usize = n.parse().map_err(|_| usage)?;
     let lookups: usize = lookups.parse().map_err(|_| usage)?;
-    let keys = keys(1 << 18);
+    let keys = ring_keys(1 << 18);
     let mask = keys.len() - 1;
     match which.as_str() {
         "ours" | "replicas3" => {
-            let ring =
-                Ring::new(names(n).into_iter().map(Member::new)).map_err(|e| e.to_string())?;
+            let ring = Ring::new(member_names(n).into_iter().map(Member::new))
+                .map_err(|e| e.to_string())?;
             let mut out = Vec::with_capacity(3);
             for i in 0..lookups {
                 let key = keys[i & mask].as_bytes();
@@ -66,7 +44,7 @@ fn main() -> Result<(), String> {
                 String,
                 std::collections::hash_map::RandomState,
             > = anchorhash::Builder::default()
-                .with_resources(names(n))
+                .with_resources(member_names(n))
                 .build((2 * n).min(usize::from(u16::MAX)) as u16);
             for i in 0..lookups {
                 black_box(anchor.get_resource(keys[i & mask]));
