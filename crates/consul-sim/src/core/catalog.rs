@@ -332,7 +332,7 @@ impl Consul {
     /// A service as the catalog and health endpoints print it (`catalog/node`,
     /// `health/service`).
     pub(crate) fn node_service_json(&self, s: &ServiceState) -> Value {
-        let mut v = json!({
+        let v = json!({
             "ID": s.id,
             "Service": s.name,
             "Tags": s.tags,
@@ -346,17 +346,12 @@ impl Consul {
             "CreateIndex": s.create_index,
             "ModifyIndex": s.modify_index,
         });
-        if !s.tagged_addresses.is_empty()
-            && let Some(o) = v.as_object_mut()
-        {
-            o.insert("TaggedAddresses".into(), s.tagged_addresses_json());
-        }
-        v
+        with_tagged_addresses(v, "TaggedAddresses", s)
     }
 
     pub(crate) fn catalog_service_json(&self, node: &str, s: &ServiceState) -> Value {
         let n = self.state.nodes.get(node);
-        let mut v = json!({
+        let v = json!({
             "ID": n.map(|n| n.id.clone()).unwrap_or_default(),
             "Node": node,
             "Address": n.map(|n| n.address.clone()).unwrap_or_default(),
@@ -377,12 +372,7 @@ impl Consul {
             "CreateIndex": s.create_index,
             "ModifyIndex": s.modify_index,
         });
-        if !s.tagged_addresses.is_empty()
-            && let Some(o) = v.as_object_mut()
-        {
-            o.insert("ServiceTaggedAddresses".into(), s.tagged_addresses_json());
-        }
-        v
+        with_tagged_addresses(v, "ServiceTaggedAddresses", s)
     }
 
     pub(crate) fn catalog_endpoint(
@@ -673,4 +663,15 @@ fn catalog_check(def: &Value) -> Result<CheckState, ApiError> {
         create_index: 0,
         modify_index: 0,
     })
+}
+
+/// `v` with the service's tagged addresses under `field`: Consul leaves the field out when
+/// the service has none.
+fn with_tagged_addresses(mut v: Value, field: &str, s: &ServiceState) -> Value {
+    if !s.tagged_addresses.is_empty()
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert(field.into(), s.tagged_addresses_json());
+    }
+    v
 }
