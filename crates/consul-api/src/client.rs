@@ -110,7 +110,7 @@ impl Client {
         req: Request,
         opts: &QueryOptions,
     ) -> Result<(Response, String), Error> {
-        let req = prepare(req, opts, &self.defaults);
+        let req = prepare(req, opts, &self.defaults)?;
         let context = format!("{} {}", req.method, req.path);
         match self.transport.send(req).await {
             Ok(resp) => Ok((resp, context)),
@@ -377,12 +377,13 @@ impl ClientBuilder {
 /// Applies the request's options over the client's defaults, in one place for every
 /// request: `dc` (unless the request names one), the token header (unless one is set), and
 /// for reads the consistency mode, the filter, and the blocking `index`/`wait` with the
-/// transport timeout a blocking read needs.
+/// transport timeout a blocking read needs. A token that cannot be a header value is an
+/// error, never a request sent without it.
 pub(crate) fn prepare(
     mut req: Request,
     opts: &QueryOptions,
     defaults: &RequestDefaults,
-) -> Request {
+) -> Result<Request, Error> {
     if req.method == Method::GET {
         if opts.index.0 > 0 {
             let wait = opts.wait.or(defaults.wait).unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
@@ -413,12 +414,14 @@ pub(crate) fn prepare(
     if !req.headers.contains_key("x-consul-token")
         && !req.headers.contains_key("authorization")
         && let Some(token) = opts.token.as_ref().or(defaults.token.as_ref())
-        && let Ok(mut v) = HeaderValue::from_str(token)
     {
+        let mut v = HeaderValue::from_str(token).map_err(|_| {
+            Error::invalid("the ACL token contains characters not allowed in a header")
+        })?;
         v.set_sensitive(true);
         req.headers.insert("x-consul-token", v);
     }
-    req
+    Ok(req)
 }
 
 /// Reads `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
@@ -476,10 +479,12 @@ mod tests {
     fn a_blocking_query_on_index_0_is_a_plain_read() {
         let wait = Duration::from_secs(30);
         let none = RequestDefaults::default();
-        let plain = prepare(get("/v1/kv/a"), &QueryOptions::blocking(Index(0), wait), &none);
+        let plain =
+            prepare(get("/v1/kv/a"), &QueryOptions::blocking(Index(0), wait), &none).unwrap();
         assert_eq!(plain.path_and_query(), "/v1/kv/a");
         assert_eq!(plain.timeout, None);
-        let blocking = prepare(get("/v1/kv/a"), &QueryOptions::blocking(Index(7), wait), &none);
+        let blocking =
+            prepare(get("/v1/kv/a"), &QueryOptions::blocking(Index(7), wait), &none).unwrap();
         assert_eq!(blocking.path_and_query(), "/v1/kv/a?index=7&wait=30000ms");
         assert!(blocking.timeout.is_some_and(|t| t > wait + wait / 16));
     }
@@ -496,7 +501,8 @@ mod tests {
             get("/v1/kv/a"),
             &QueryOptions { index: Index(3), ..Default::default() },
             &defaults,
-        );
+        )
+        .unwrap();
         assert_eq!(read.path_and_query(), "/v1/kv/a?index=3&wait=20000ms&stale&dc=dc9");
         assert_eq!(read.headers["x-consul-token"], "client-token");
         let own = QueryOptions {
@@ -507,18 +513,22 @@ mod tests {
             token: Some("mine".into()),
             filter: None,
         };
-        let read = prepare(get("/v1/kv/a"), &own, &defaults);
+        let read = prepare(get("/v1/kv/a"), &own, &defaults).unwrap();
         assert_eq!(read.path_and_query(), "/v1/kv/a?index=3&wait=1000ms&consistent&dc=dc2");
         assert_eq!(read.headers["x-consul-token"], "mine");
         // Writes carry the datacenter and the token, never a read's consistency or index.
-        let write = prepare(Request::new(Method::PUT, "/v1/txn"), &own, &defaults);
+        let write = prepare(Request::new(Method::PUT, "/v1/txn"), &own, &defaults).unwrap();
         assert_eq!(write.path_and_query(), "/v1/txn?dc=dc2");
         // A datacenter or a token already on the request is kept.
         let mut named = Request::new(Method::DELETE, "/v1/kv/a").query("dc", "dc1");
         named.headers.insert("authorization", HeaderValue::from_static("Bearer x"));
-        let named = prepare(named, &QueryOptions::default(), &defaults);
+        let named = prepare(named, &QueryOptions::default(), &defaults).unwrap();
         assert_eq!(named.path_and_query(), "/v1/kv/a?dc=dc1");
         assert!(!named.headers.contains_key("x-consul-token"));
+        // A token that cannot be a header value fails the request; it is not sent without.
+        let bad = QueryOptions { token: Some("line\nbreak".into()), ..Default::default() };
+        let err = prepare(get("/v1/kv/a"), &bad, &defaults).unwrap_err();
+        assert!(err.to_string().contains("ACL token"), "{err}");
     }
 
     #[test]
@@ -527,7 +537,7 @@ mod tests {
         let opts = QueryOptions { token: Some("s3cr3t-token".into()), ..Default::default() };
         let client = Client::new(crate::HttpTransport::new("127.0.0.1:1").unwrap())
             .with_defaults(defaults.clone());
-        let req = prepare(get("/v1/kv/a"), &opts, &defaults);
+        let req = prepare(get("/v1/kv/a"), &opts, &defaults).unwrap();
         for text in [
             format!("{defaults:?}"),
             format!("{opts:?}"),
