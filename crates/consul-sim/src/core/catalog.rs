@@ -522,17 +522,23 @@ impl Consul {
         }
     }
 
-    /// `PUT /v1/catalog/register`: a node, optionally a service and checks, in one write.
-    fn catalog_register(&mut self, now: SimTime, body: &Bytes) -> Result<(), ApiError> {
-        let reg = json_body(body, "catalog registration")?;
-        if let Some(dc) = str_field(&reg, "Datacenter")?.filter(|d| !d.is_empty())
+    /// The node a catalog (de)registration names, after its datacenter, which must be this
+    /// one (as Consul checks them, in that order).
+    fn registration_node(&self, reg: &Value) -> Result<String, ApiError> {
+        if let Some(dc) = str_field(reg, "Datacenter")?.filter(|d| !d.is_empty())
             && dc != self.config.datacenter
         {
             return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter"));
         }
-        let node = str_field(&reg, "Node")?
+        str_field(reg, "Node")?
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Must provide node"))?;
+            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Must provide node"))
+    }
+
+    /// `PUT /v1/catalog/register`: a node, optionally a service and checks, in one write.
+    fn catalog_register(&mut self, now: SimTime, body: &Bytes) -> Result<(), ApiError> {
+        let reg = json_body(body, "catalog registration")?;
+        let node = self.registration_node(&reg)?;
         let skip_node_update = matches!(field(&reg, "SkipNodeUpdate"), Some(Value::Bool(true)));
         let address = str_field(&reg, "Address")?.unwrap_or_default();
         if address.is_empty() && !skip_node_update {
@@ -577,14 +583,7 @@ impl Consul {
     /// not an error.
     fn catalog_deregister(&mut self, now: SimTime, body: &Bytes) -> Result<(), ApiError> {
         let reg = json_body(body, "catalog deregistration")?;
-        if let Some(dc) = str_field(&reg, "Datacenter")?.filter(|d| !d.is_empty())
-            && dc != self.config.datacenter
-        {
-            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter"));
-        }
-        let node = str_field(&reg, "Node")?
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Must provide node"))?;
+        let node = self.registration_node(&reg)?;
         let service = str_field(&reg, "ServiceID")?.filter(|s| !s.is_empty());
         let check = str_field(&reg, "CheckID")?.filter(|s| !s.is_empty());
         match (service, check) {

@@ -382,7 +382,7 @@ impl Consul {
         {
             return Outcome::Done(SimResponse::moved(&req.method, location));
         }
-        let target = match Target::parse(&req.target) {
+        let target = match Target::parse_checked(&req.target) {
             Ok(t) => t,
             Err(msg) => return Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg)),
         };

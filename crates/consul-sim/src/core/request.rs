@@ -191,6 +191,12 @@ impl Target {
     /// Parses a request target; an error names what is malformed.
     pub fn parse(target: &str) -> Result<Target, String> {
         BadTarget::check(target).map_err(|e| e.to_string())?;
+        Target::parse_checked(target)
+    }
+
+    /// [`parse`](Self::parse) of a target that already passed [`BadTarget::check`] (the
+    /// core checks it first, to answer as Go does).
+    pub(crate) fn parse_checked(target: &str) -> Result<Target, String> {
         let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
         let path = decode(raw_path, false).map_err(|e| format!("invalid path: {e}"))?;
         if !path.starts_with('/') {
