@@ -7,6 +7,7 @@ mod cluster;
 mod cluster_sim;
 mod conformance;
 mod differential;
+mod encoding;
 mod go_parity;
 mod locks;
 mod real_cluster;

@@ -43,7 +43,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 impl RealConsul {
-    /// Starts a dev agent named [`NODE`] and waits (≤ 30 s) until it serves reads with a
+    /// Starts a dev agent named [`NODE`], its UI off, and waits (≤ 30 s) until it serves reads with a
     /// leader. Panics with the agent's log if it does not come up: a test that needs Consul
     /// cannot go on without it.
     pub(crate) async fn start() -> RealConsul {
@@ -68,6 +68,8 @@ impl RealConsul {
         let child = Command::new(&bin)
             .args(["agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-node", NODE])
             .args(["-hcl", &ports])
+            // The UI off, as on the sim, which has none: `/` is the agent's index page.
+            .args(["-hcl", "ui = false"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))

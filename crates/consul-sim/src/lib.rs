@@ -73,6 +73,7 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used))]
 
 pub mod core;
+mod encoding;
 pub mod persist;
 mod server;
 mod sim;

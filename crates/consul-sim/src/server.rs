@@ -51,7 +51,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::core::{BadTarget, SimRequest, SimResponse, Target};
+use crate::core::{BadTarget, SimRequest, SimResponse, Target, VARY};
+use crate::encoding;
 use crate::sim::{Failure, Sim, header_map};
 use crate::tls::TlsConfig;
 
@@ -352,6 +353,7 @@ async fn handle(
         }
         Err(BadTarget::Query(_)) => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, "")),
     }
+    let gzip = encoding::accepts_gzip(&parts.headers);
     let client = match parts.headers.get("x-sim-client").and_then(|v| v.to_str().ok()) {
         Some(name) if options.fault_injection => std::borrow::Cow::Owned(name.to_string()),
         _ => std::borrow::Cow::Borrowed(peer_name),
@@ -359,13 +361,11 @@ async fn handle(
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Ok(plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request body too large, max size: {MAX_BODY} bytes"),
-            ));
+            let text = format!("Request body too large, max size: {MAX_BODY} bytes");
+            return Ok(to_http(handler_text(StatusCode::PAYLOAD_TOO_LARGE, text), gzip));
         }
         Err(e) => match malformed_body(&parts.method, &target, e.as_ref()) {
-            Some(resp) => return Ok(resp),
+            Some(resp) => return Ok(to_http(resp, gzip)),
             None => Bytes::new(),
         },
     };
@@ -374,7 +374,7 @@ async fn handle(
     }
     let sim_req = SimRequest { method: parts.method, target, headers: parts.headers, body };
     match sim.execute(&client, sim_req).await {
-        Ok(resp) => Ok(to_http(resp)),
+        Ok(resp) => Ok(to_http(resp, gzip)),
         Err(Failure::Partitioned | Failure::ResponseDropped) => Err(Dropped),
     }
 }
@@ -414,7 +414,7 @@ fn malformed_body(
     method: &Method,
     target: &str,
     e: &(dyn std::error::Error + 'static),
-) -> Option<http::Response<Full<Bytes>>> {
+) -> Option<SimResponse> {
     if *method != Method::PUT {
         return None;
     }
@@ -439,22 +439,50 @@ fn malformed_body(
             | "/v1/catalog/deregister"
     ) || path.starts_with("/v1/agent/check/update/");
     if path.strip_prefix("/v1/kv/").is_some_and(|key| !key.is_empty()) {
-        Some(plain(StatusCode::INTERNAL_SERVER_ERROR, go))
+        Some(handler_text(StatusCode::INTERNAL_SERVER_ERROR, go.into()))
     } else if path == "/v1/txn" {
-        Some(plain(StatusCode::BAD_REQUEST, format!("Failed to parse body: {go}")))
+        Some(handler_text(StatusCode::BAD_REQUEST, format!("Failed to parse body: {go}")))
     } else if decodes_json {
-        Some(plain(StatusCode::BAD_REQUEST, format!("Request decode failed: {go}")))
+        Some(handler_text(StatusCode::BAD_REQUEST, format!("Request decode failed: {go}")))
     } else {
         None
     }
 }
 
-fn to_http(resp: SimResponse) -> http::Response<Full<Bytes>> {
+/// The core's answer on the wire. An endpoint's answer (it carries `Vary`) with a body goes
+/// out gzipped when the client accepts gzip, as Consul's gzip handler sends it.
+fn to_http(mut resp: SimResponse, gzip: bool) -> http::Response<Full<Bytes>> {
+    if gzip
+        && !resp.body.is_empty()
+        && resp.headers.iter().any(|(name, _)| *name == VARY.0)
+        && let Some(packed) = encoding::gzip(&resp.body)
+    {
+        resp.body = packed;
+        resp.headers.push(("Content-Encoding", "gzip".into()));
+    }
     let headers = header_map(resp.headers);
     let mut out = http::Response::new(Full::new(resp.body));
+    if resp.status == StatusCode::PAYLOAD_TOO_LARGE {
+        // Go's name for the status (hyper's is "Payload Too Large").
+        out.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Request Entity Too Large"));
+    }
     *out.status_mut() = resp.status;
     *out.headers_mut() = headers;
     out
+}
+
+/// A text answer of a Consul endpoint that the server gives itself (the body could not be
+/// read): typed as Go types text, and marked as an endpoint's.
+fn handler_text(status: StatusCode, text: String) -> SimResponse {
+    SimResponse {
+        status,
+        headers: vec![
+            ("Content-Type", "text/plain; charset=utf-8".into()),
+            (VARY.0, VARY.1.into()),
+        ],
+        body: Bytes::from(text),
+    }
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> http::Response<Full<Bytes>> {

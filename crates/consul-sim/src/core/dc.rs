@@ -54,7 +54,8 @@ fn rejected_before_rpc(resp: &SimResponse) -> bool {
 }
 
 impl Consul {
-    /// The answer to a request naming another datacenter, if it does.
+    /// The answer to a request naming another datacenter, if it does: `Err` when it is the
+    /// mux's (no endpoint serves the path).
     ///
     /// Consul's HTTP handler validates the request (endpoint, method, parameters, body)
     /// before the RPC that finds no path to the datacenter (checked on 1.8.7: `GET /v1/nope`,
@@ -68,19 +69,24 @@ impl Consul {
         now: SimTime,
         req: &SimRequest,
         t: &Target,
-    ) -> Option<SimResponse> {
+    ) -> Option<Result<SimResponse, SimResponse>> {
         let dc = t.param("dc").filter(|dc| !dc.is_empty())?;
         if dc == self.config.datacenter || ignores_dc(&t.path) {
             return None;
         }
         let mut dry_run = self.clone();
         dry_run.config.datacenter = dc.to_string();
-        if let Outcome::Done(resp) = dry_run.handle(now, req, false)
-            && rejected_before_rpc(&resp)
-        {
-            return Some(resp);
+        match dry_run.endpoint(now, req, false) {
+            // No endpoint serves the path: the mux's answer.
+            Err(mux) => return Some(Err(mux)),
+            Ok(Outcome::Done(resp)) if rejected_before_rpc(&resp) => return Some(Ok(resp)),
+            Ok(_) => {}
         }
         let resp = SimResponse::text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
-        Some(if is_blocking_read(&req.method, &t.path) { resp.with_index(1, false) } else { resp })
+        Some(Ok(if is_blocking_read(&req.method, &t.path) {
+            resp.with_index(1, false)
+        } else {
+            resp
+        }))
     }
 }

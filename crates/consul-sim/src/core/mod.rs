@@ -112,6 +112,16 @@ impl SimResponse {
         }
     }
 
+    /// The answer as Consul's handler wrapper sends it: every endpoint's answer carries
+    /// `Vary: Accept-Encoding` (its gzip handler adds it, whether or not the client asked
+    /// for gzip); the mux's own answers (an unknown path, a redirect) do not.
+    fn handled(mut self) -> SimResponse {
+        if !self.headers.iter().any(|(name, _)| *name == VARY.0) {
+            self.headers.push((VARY.0, VARY.1.into()));
+        }
+        self
+    }
+
     fn with_index(mut self, index: u64, known_leader: bool) -> SimResponse {
         self.headers.push(("X-Consul-Index", index.max(1).to_string()));
         self.headers.push(("X-Consul-KnownLeader", known_leader.to_string()));
@@ -119,6 +129,9 @@ impl SimResponse {
         self
     }
 }
+
+/// The header every answer of a Consul endpoint carries.
+pub(crate) const VARY: (&str, &str) = ("Vary", "Accept-Encoding");
 
 /// What the core did with a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -382,29 +395,50 @@ impl Consul {
         {
             return Outcome::Done(SimResponse::moved(&req.method, location));
         }
+        if req.target.split('?').next() == Some("/") {
+            // The agent's index page with the UI off: the same words for every method.
+            return Outcome::Done(SimResponse::text(StatusCode::OK, "Consul Agent"));
+        }
+        match self.endpoint(now, req, block) {
+            Ok(Outcome::Done(resp)) => Outcome::Done(resp.handled()),
+            Ok(blocked) => blocked,
+            Err(mux) => Outcome::Done(mux),
+        }
+    }
+
+    /// The request as the endpoint its path names handles it, or `Err` with the mux's own
+    /// answer when no endpoint serves the path.
+    pub(crate) fn endpoint(
+        &mut self,
+        now: SimTime,
+        req: &SimRequest,
+        block: bool,
+    ) -> Result<Outcome, SimResponse> {
         let target = match Target::parse_checked(&req.target) {
             Ok(t) => t,
-            Err(msg) => return Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg)),
+            Err(msg) => return Ok(Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg))),
         };
-        if let Some(resp) = self.wrong_datacenter(now, req, &target) {
-            return Outcome::Done(resp);
+        match self.wrong_datacenter(now, req, &target) {
+            Some(Ok(resp)) => return Ok(Outcome::Done(resp)),
+            Some(Err(mux)) => return Err(mux),
+            None => {}
         }
         let path = target.path.as_str();
         if self.leader_lost && !path.starts_with("/v1/status/") && !path.starts_with("/v1/agent/") {
-            return Outcome::Done(SimResponse::text(
+            return Ok(Outcome::Done(SimResponse::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "No cluster leader",
-            ));
+            )));
         }
         if req.method == Method::GET && target.flag("stale") && target.flag("consistent") {
-            return Outcome::Done(SimResponse::text(
+            return Ok(Outcome::Done(SimResponse::text(
                 StatusCode::BAD_REQUEST,
                 "Cannot specify ?stale with ?consistent, conflicting semantics.",
-            ));
+            )));
         }
         let wait = match blocking_params(&target) {
             Ok(w) => w,
-            Err(msg) => return Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg)),
+            Err(msg) => return Ok(Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg))),
         };
         let reply = self.route(now, req, &target);
         let reply = match reply {
@@ -415,12 +449,13 @@ impl Consul {
                 (Some(index), Some((min_index, wait)))
                     if block && e.status == StatusCode::NOT_FOUND && index <= min_index =>
                 {
-                    return self.park(now, wait, &target);
+                    return Ok(self.park(now, wait, &target));
                 }
-                _ => return Outcome::Done(e.into_response()),
+                _ if e.mux => return Err(e.into_response()),
+                _ => return Ok(Outcome::Done(e.into_response())),
             },
         };
-        match (reply, wait) {
+        Ok(match (reply, wait) {
             (Reply::Read { index, response }, Some((min_index, wait)))
                 if block && index <= min_index =>
             {
@@ -443,7 +478,7 @@ impl Consul {
             },
             (Reply::Endless, _) => Outcome::Done(SimResponse::empty(StatusCode::OK)),
             (Reply::Write(response), _) => Outcome::Done(response),
-        }
+        })
     }
 
     fn route(&mut self, now: SimTime, req: &SimRequest, t: &Target) -> Result<Reply, ApiError> {
@@ -664,16 +699,25 @@ pub(crate) struct ApiError {
     known_leader: bool,
     /// The `Allow` header of a 405.
     allow: Option<String>,
+    /// The answer is the mux's (no endpoint serves the path), not an endpoint's.
+    mux: bool,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), index: None, known_leader: true, allow: None }
+        ApiError {
+            status,
+            message: message.into(),
+            index: None,
+            known_leader: true,
+            allow: None,
+            mux: false,
+        }
     }
 
     /// A path no endpoint serves: Consul's mux answers a bare 404, no body, no type.
     pub(crate) fn no_endpoint() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "")
+        ApiError { mux: true, ..ApiError::new(StatusCode::NOT_FOUND, "") }
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
@@ -687,6 +731,7 @@ impl ApiError {
             index: Some(index),
             known_leader: true,
             allow: None,
+            mux: false,
         }
     }
 

@@ -1,0 +1,127 @@
+//! Response compression and `Vary`, over HTTP on the sim and on a real Consul 1.8.7: every
+//! answer of a Consul endpoint carries `Vary: Accept-Encoding` and, for a client that
+//! accepts gzip, a non-empty body goes out gzipped; the mux's own answers (an unknown path,
+//! a redirect, the index page) carry neither.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use consul_sim::{Sim, SimConfig};
+
+use crate::real_consul::RealConsul;
+use crate::support::unique;
+
+struct Answer {
+    status: u16,
+    vary: Option<String>,
+    encoding: Option<String>,
+    body: Bytes,
+}
+
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    base: &str,
+    (method, target, body): (&str, &str, &str),
+    accept: Option<&str>,
+) -> Answer {
+    let mut req = http::Request::builder().method(method).uri(format!("{base}{target}"));
+    if let Some(a) = accept {
+        req = req.header("Accept-Encoding", a);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("an answer within 20 s")
+        .expect("transport");
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .map(|v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let (vary, encoding) = (header("vary"), header("content-encoding"));
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Answer { status, vary, encoding, body }
+}
+
+fn gunzip(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body).read_to_end(&mut out).expect("a gzip body");
+    out
+}
+
+#[tokio::test]
+async fn endpoints_vary_on_accept_encoding_and_gzip_for_clients_that_accept_it() {
+    let sim = Sim::new(SimConfig::default());
+    let server = sim.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let consul = RealConsul::start().await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let p = unique("encoding");
+    let (a, missing, raw) =
+        (format!("/v1/kv/{p}/a"), format!("/v1/kv/{p}/missing"), format!("/v1/kv/{p}/a?raw"));
+    let dc = format!("/v1/kv/{p}/a?dc=nowhere");
+    let bad_wait = format!("/v1/kv/{p}/a?index=x");
+    // (request, whether an endpoint answers it), each checked on Consul 1.8.7 with curl.
+    let requests: Vec<((&str, &str, &str), bool)> = vec![
+        (("PUT", &a, "a value"), true),
+        (("GET", &a, ""), true),
+        (("GET", &raw, ""), true),
+        (("GET", &missing, ""), true),
+        (("GET", &dc, ""), true),
+        (("GET", &bad_wait, ""), true),
+        (("DELETE", "/v1/status/leader", ""), true),
+        (("GET", "/v1/txn", ""), true),
+        (("PUT", "/v1/txn", "not json"), true),
+        (("GET", "/v1/acl/tokens", ""), true),
+        (("GET", "/v1/session/info/", ""), true),
+        (("GET", "/v1/agent/service/nope", ""), true),
+        (("OPTIONS", &a, ""), true),
+        (("GET", "/v1/status/leader", ""), true),
+        (("GET", "/v1/nope", ""), false),
+        (("GET", "/v1/agent/nope", ""), false),
+        (("GET", "/v1/catalog/nope", ""), false),
+        (("GET", "/v1/nope?dc=nowhere", ""), false),
+        (("GET", "/v1//kv/x", ""), false),
+        (("GET", "/", ""), false),
+        (("PUT", "/", ""), false),
+    ];
+    for (name, base) in [("sim over HTTP", server.url()), ("real Consul 1.8.7", consul.url())] {
+        for &(req, endpoint) in &requests {
+            let what = format!("{name}: {} {}", req.0, req.1);
+            let plain = send(&client, &base, req, None).await;
+            let packed = send(&client, &base, req, Some("gzip")).await;
+            let refused = send(&client, &base, req, Some("gzip;q=0")).await;
+            for (answer, how) in [(&plain, "plain"), (&packed, "gzip"), (&refused, "q=0")] {
+                assert_eq!(answer.status, plain.status, "{what} ({how}): status");
+                let want = endpoint.then_some("Accept-Encoding");
+                assert_eq!(answer.vary.as_deref(), want, "{what} ({how}): Vary");
+            }
+            assert_eq!(plain.encoding, None, "{what}: no Content-Encoding unasked");
+            assert_eq!(refused.encoding, None, "{what}: no Content-Encoding for q=0");
+            if endpoint && !plain.body.is_empty() {
+                assert_eq!(packed.encoding.as_deref(), Some("gzip"), "{what}: gzipped");
+                let body = gunzip(&packed.body);
+                // Answers that name a time or an index would differ between two requests;
+                // none of these do.
+                assert_eq!(
+                    String::from_utf8_lossy(&body),
+                    String::from_utf8_lossy(&plain.body),
+                    "{what}: the gzipped body"
+                );
+            } else {
+                assert_eq!(packed.encoding, None, "{what}: no Content-Encoding");
+                assert_eq!(packed.body, plain.body, "{what}: the body");
+            }
+        }
+    }
+    // The index page says what it is, for every method.
+    let index = send(&client, &server.url(), ("DELETE", "/", ""), None).await;
+    assert_eq!((index.status, &index.body[..]), (200, &b"Consul Agent"[..]));
+}
