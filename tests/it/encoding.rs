@@ -1,7 +1,8 @@
-//! Response compression and `Vary`, over HTTP on the sim and on a real Consul 1.8.7: every
-//! answer of a Consul endpoint carries `Vary: Accept-Encoding` and, for a client that
-//! accepts gzip, a non-empty body goes out gzipped; the mux's own answers (an unknown path,
-//! a redirect, the index page) carry neither.
+//! How answers are encoded on the wire, over HTTP on the sim and on a real Consul 1.8.7:
+//! - every answer of a Consul endpoint carries `Vary: Accept-Encoding` and, for a client
+//!   that accepts gzip, a non-empty body goes out gzipped; the mux's own answers (an unknown
+//!   path, a redirect, the index page) carry neither;
+//! - `?pretty` (and every answer of a dev agent) indents JSON as Go's `MarshalIndent`.
 
 use std::io::Read as _;
 use std::time::Duration;
@@ -124,4 +125,68 @@ async fn endpoints_vary_on_accept_encoding_and_gzip_for_clients_that_accept_it()
     // The index page says what it is, for every method.
     let index = send(&client, &server.url(), ("DELETE", "/", ""), None).await;
     assert_eq!((index.status, &index.body[..]), (200, &b"Consul Agent"[..]));
+}
+
+/// The body with every run of digits replaced by one `0`: indexes, ports and times differ
+/// between two agents, the layout must not.
+fn layout(body: &[u8]) -> String {
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(body).chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('0') {
+                out.push('0');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn pretty_indents_json_as_consul_does_and_a_dev_agent_always_does() {
+    let compact = Sim::new(SimConfig::default());
+    let compact = compact.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let dev = Sim::new(SimConfig { pretty: true, ..SimConfig::default() });
+    let dev = dev.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let consul = RealConsul::start().await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let p = unique("pretty");
+    let (a, keys) = (format!("/v1/kv/{p}/a"), format!("/v1/kv/{p}/?keys"));
+    let txn = format!(r#"[{{"KV":{{"Verb":"get","Key":"{p}/a"}}}}]"#);
+    let conflict = format!(r#"[{{"KV":{{"Verb":"check-index","Key":"{p}/a","Index":1}}}}]"#);
+    let requests: Vec<(&str, String, &str)> = vec![
+        ("PUT", a.clone(), "some value"),
+        ("GET", a.clone(), ""),
+        ("GET", keys, ""),
+        ("PUT", "/v1/txn".into(), &txn),
+        ("PUT", "/v1/txn".into(), &conflict),
+        ("GET", "/v1/catalog/datacenters".into(), ""),
+        ("GET", "/v1/status/leader".into(), ""),
+        ("GET", format!("{a}?raw"), ""),
+        ("GET", format!("/v1/kv/{p}/missing"), ""),
+        ("GET", "/v1/kv/x?index=nope".into(), ""),
+    ];
+    for (method, target, body) in &requests {
+        let sep = if target.contains('?') { '&' } else { '?' };
+        let pretty = format!("{target}{sep}pretty");
+        let what = format!("{method} {pretty}");
+        // Consul's dev agent indents with or without `?pretty`.
+        let want = send(&client, &consul.url(), (method, &pretty, body), None).await;
+        let plain = send(&client, &consul.url(), (method, target, body), None).await;
+        assert_eq!(layout(&plain.body), layout(&want.body), "Consul -dev: {what}");
+        for (name, base, target) in
+            [("sim, ?pretty", compact.url(), &pretty), ("sim as a dev agent", dev.url(), target)]
+        {
+            let got = send(&client, &base, (method, target, body), None).await;
+            assert_eq!(got.status, want.status, "{name}: {what}");
+            assert_eq!(layout(&got.body), layout(&want.body), "{name}: {what}");
+        }
+        // Without `?pretty`, an agent that is not in dev mode answers compact JSON.
+        let got = send(&client, &compact.url(), (method, target, body), None).await;
+        if got.body.starts_with(b"{") || got.body.starts_with(b"[") {
+            assert!(!got.body.contains(&b'\n'), "compact: {method} {target}");
+        }
+    }
 }

@@ -92,7 +92,8 @@ impl Agent {
     }
 }
 
-/// One request on a new connection: (status, body), or None if it failed.
+/// One request on a new connection: (status, body), or None if it failed. The agent is a dev
+/// agent: as `consul agent -dev`, it indents its JSON answers and ends them with a newline.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -122,7 +123,7 @@ fn every_acknowledged_write_survives_sigkill() {
     let agent = Agent::start(&dir, &["--data-dir", data_arg], None);
     for i in 0..300 {
         let put = http(agent.addr, "PUT", &format!("/v1/kv/k{i}"), &format!("v{i}"));
-        assert_eq!(put, Some((200, "true".into())), "write {i}");
+        assert_eq!(put, Some((200, "true\n".into())), "write {i}");
     }
     let (status, session) = http(agent.addr, "PUT", "/v1/session/create", "{}").unwrap();
     assert_eq!(status, 200);
@@ -146,7 +147,7 @@ fn a_tampered_snapshot_stops_the_agent_with_a_message_naming_it() {
     let data = dir.join("data");
     let data_arg = data.to_str().unwrap();
     let agent = Agent::start(&dir, &["--data-dir", data_arg], None);
-    assert_eq!(http(agent.addr, "PUT", "/v1/kv/money", "100"), Some((200, "true".into())));
+    assert_eq!(http(agent.addr, "PUT", "/v1/kv/money", "100"), Some((200, "true\n".into())));
     agent.stop();
     let file = data.join("consul-sim.snapshot");
     let text = std::fs::read_to_string(&file).unwrap();
@@ -169,7 +170,7 @@ fn a_data_dir_restarted_under_another_node_name_works() {
     let data = dir.join("data");
     let data_arg = data.to_str().unwrap();
     let agent = Agent::start(&dir, &["--data-dir", data_arg, "--node", "alpha"], None);
-    assert_eq!(http(agent.addr, "PUT", "/v1/kv/k", "v"), Some((200, "true".into())));
+    assert_eq!(http(agent.addr, "PUT", "/v1/kv/k", "v"), Some((200, "true\n".into())));
     let reg = r#"{"Name":"web","Port":80}"#;
     assert_eq!(http(agent.addr, "PUT", "/v1/agent/service/register", reg).map(|r| r.0), Some(200));
     assert_eq!(http(agent.addr, "PUT", "/v1/session/create", "{}").map(|r| r.0), Some(200));
@@ -188,7 +189,7 @@ fn a_data_dir_restarted_under_another_node_name_works() {
     let (_, services) = http(agent.addr, "GET", "/v1/agent/services", "").unwrap();
     assert!(services.contains("\"web\"") && services.contains("\"api\""), "{services}");
     let (_, sessions) = http(agent.addr, "GET", "/v1/session/node/alpha", "").unwrap();
-    assert_eq!(sessions, "[]");
+    assert_eq!(sessions, "[]\n");
     assert!(
         agent.stderr().is_empty() || !agent.stderr().contains("panicked"),
         "{}",

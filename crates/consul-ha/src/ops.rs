@@ -54,6 +54,8 @@ pub(crate) async fn agent(args: AgentArgs) -> Result<(), String> {
         session_ttl_min: args.session_ttl_min,
         seed: os_seed(),
         enable_script_checks: args.enable_script_checks,
+        // As `consul agent -dev`: every JSON answer indented.
+        pretty: true,
         ..SimConfig::default()
     };
     let sim = match &args.data_dir {

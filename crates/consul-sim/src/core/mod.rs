@@ -20,6 +20,7 @@ mod health;
 mod json;
 mod kv;
 mod operator;
+mod pretty;
 mod request;
 mod session;
 mod tables;
@@ -122,6 +123,18 @@ impl SimResponse {
         self
     }
 
+    /// A JSON answer indented as Consul indents it for `?pretty`; any other answer as it is.
+    fn indented(mut self) -> SimResponse {
+        let json = self
+            .headers
+            .iter()
+            .any(|(name, value)| *name == "Content-Type" && value == "application/json");
+        if json && !self.body.is_empty() {
+            self.body = Bytes::from(pretty::indent(&self.body));
+        }
+        self
+    }
+
     fn with_index(mut self, index: u64, known_leader: bool) -> SimResponse {
         self.headers.push(("X-Consul-Index", index.max(1).to_string()));
         self.headers.push(("X-Consul-KnownLeader", known_leader.to_string()));
@@ -178,6 +191,9 @@ pub struct SimConfig {
     /// Run script checks (`Args`), like Consul's `enable_script_checks`; off by default, as
     /// in Consul, and registering one is then refused.
     pub enable_script_checks: bool,
+    /// Indent every JSON answer, as Consul does in dev mode (`consul agent -dev`); without
+    /// it, only answers to requests with `?pretty` are indented, as on any other agent.
+    pub pretty: bool,
 }
 
 impl Default for SimConfig {
@@ -192,6 +208,7 @@ impl Default for SimConfig {
             seed: 0x5eed,
             session_ttl_min: Duration::from_secs(10),
             enable_script_checks: false,
+            pretty: false,
         }
     }
 }
@@ -418,7 +435,24 @@ impl Consul {
             Ok(t) => t,
             Err(msg) => return Ok(Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg))),
         };
-        match self.wrong_datacenter(now, req, &target) {
+        let outcome = self.dispatch(now, req, &target, block)?;
+        Ok(match outcome {
+            Outcome::Done(resp) if self.config.pretty || target.flag("pretty") => {
+                Outcome::Done(resp.indented())
+            }
+            other => other,
+        })
+    }
+
+    /// [`endpoint`](Self::endpoint) once the target is parsed.
+    fn dispatch(
+        &mut self,
+        now: SimTime,
+        req: &SimRequest,
+        target: &Target,
+        block: bool,
+    ) -> Result<Outcome, SimResponse> {
+        match self.wrong_datacenter(now, req, target) {
             Some(Ok(resp)) => return Ok(Outcome::Done(resp)),
             Some(Err(mux)) => return Err(mux),
             None => {}
@@ -436,11 +470,11 @@ impl Consul {
                 "Cannot specify ?stale with ?consistent, conflicting semantics.",
             )));
         }
-        let wait = match blocking_params(&target) {
+        let wait = match blocking_params(target) {
             Ok(w) => w,
             Err(msg) => return Ok(Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg))),
         };
-        let reply = self.route(now, req, &target);
+        let reply = self.route(now, req, target);
         let reply = match reply {
             Ok(r) => r,
             // A read that found nothing (404 with an index) blocks like any other read:
@@ -449,7 +483,7 @@ impl Consul {
                 (Some(index), Some((min_index, wait)))
                     if block && e.status == StatusCode::NOT_FOUND && index <= min_index =>
                 {
-                    return Ok(self.park(now, wait, &target));
+                    return Ok(self.park(now, wait, target));
                 }
                 _ if e.mux => return Err(e.into_response()),
                 _ => return Ok(Outcome::Done(e.into_response())),
@@ -460,13 +494,13 @@ impl Consul {
                 if block && index <= min_index =>
             {
                 let _ = response;
-                self.park(now, wait, &target)
+                self.park(now, wait, target)
             }
             (Reply::Read { index, response }, _) => {
                 Outcome::Done(response.with_index(index, !self.leader_lost))
             }
             (Reply::Watch { moved: false, .. }, Some((_, wait))) if block => {
-                self.park(now, wait, &target)
+                self.park(now, wait, target)
             }
             (Reply::Watch { response, .. }, _) => Outcome::Done(response),
             // An answer that never comes (the agent's log stream, with nothing to log):
