@@ -10,6 +10,8 @@
 //! the points. The index only narrows the search: placement is still defined by the sorted
 //! points and their owners.
 
+use crate::huge::HugeSlice;
+
 /// Slots in a line: up to 15 points and at least one sentinel.
 const SLOTS: usize = 16;
 
@@ -64,8 +66,8 @@ pub(crate) struct Index {
     /// `start[s]` is the index of the first point of slice `s`; `start[2^bits]` the count.
     start: Vec<u32>,
     /// One line per slice, then the continuation lines; empty when a ring has no points or
-    /// too many members.
-    lines: Vec<Line>,
+    /// too many members. On huge pages when large (see [`HugeSlice`]).
+    lines: HugeSlice<Line>,
 }
 
 impl Index {
@@ -137,12 +139,13 @@ impl Index {
 
     fn with(bits: u32, start: Vec<u32>, lines: Vec<Line>) -> Index {
         let (slice_shift, residue_shift) = (64 - bits, 48 - bits);
+        let lines = HugeSlice::new(lines);
         Index { slice_shift, residue_shift, slices: 1 << bits, start, lines }
     }
 
     /// The heap bytes of the index.
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.start.capacity() * 4 + self.lines.capacity() * size_of::<Line>()
+        self.start.capacity() * 4 + self.lines.memory_bytes()
     }
 
     /// The slice of `hash`.
