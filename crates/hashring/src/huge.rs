@@ -8,8 +8,9 @@
 //! when it has them (transparent huge pages in `madvise` or `always` mode). Anywhere else,
 //! or when the mapping fails, it stays a `Vec`.
 //!
-//! This is the crate's only unsafe code: `mmap`, `madvise`, `munmap`, one copy into the
-//! fresh mapping and the slice over it.
+//! The unsafe code here is `mmap`, `madvise`, `munmap`, one copy into the fresh mapping
+//! and the slice over it; the crate's only other unsafe block is the SSE2 count of
+//! `index.rs`.
 
 use std::ops::Deref;
 use std::ptr::NonNull;
