@@ -33,6 +33,7 @@
 //! takes more than `ceil(factor × its fair share)`.
 
 mod bounded;
+mod huge;
 mod index;
 mod owners;
 mod ring;
