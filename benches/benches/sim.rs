@@ -144,6 +144,12 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("in-process/txn-1-op-rolled-back/{keys}-keys"), |b| {
             b.iter(|| rt.block_on(big.execute("bench", black_box(stale.clone()))).unwrap())
         });
+        // A request for a datacenter that does not exist is validated, then refused: it
+        // must cost O(request) too, not a copy of the store.
+        let elsewhere = request("GET", "/v1/kv/txn/k?dc=nowhere", b"");
+        g.bench_function(format!("in-process/kv-get-unknown-dc/{keys}-keys"), |b| {
+            b.iter(|| rt.block_on(big.execute("bench", black_box(elsewhere.clone()))).unwrap())
+        });
     }
 
     // Both HTTP clients against one server, same key, same runtime.

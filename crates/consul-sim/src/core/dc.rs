@@ -4,7 +4,7 @@
 
 use http::{Method, StatusCode};
 
-use super::{Consul, Outcome, SimRequest, SimResponse, SimTime, Target};
+use super::{Consul, Outcome, SimConfig, SimRequest, SimResponse, SimTime, Target};
 
 /// Endpoints that ignore `?dc=` on Consul 1.8.7 (checked one by one on a dev agent): the
 /// agent's own endpoints, its event list, the datacenter lists, and catalog writes (they
@@ -60,10 +60,11 @@ impl Consul {
     /// Consul's HTTP handler validates the request (endpoint, method, parameters, body)
     /// before the RPC that finds no path to the datacenter (checked on 1.8.7: `GET /v1/nope`,
     /// `POST /v1/kv/a`, `GET /v1/kv/`, `?wait=zz`, a txn body that is not JSON keep their
-    /// 404, 405 or 400 with `?dc=nowhere`). So the request runs first on a copy of the store
-    /// that believes it is that datacenter; only if that copy got past validation is the
-    /// answer "No path to datacenter". The copy is thrown away, and this happens only for
-    /// requests to a datacenter that does not exist.
+    /// 404, 405 or 400 with `?dc=nowhere`). So the request runs first on a fresh, empty store
+    /// that believes it is that datacenter (validation reads the request, not the store);
+    /// only if it got past validation is the answer "No path to datacenter". The fresh store
+    /// is thrown away: a request to a datacenter that does not exist costs what the request
+    /// costs, whatever this store holds.
     pub(crate) fn wrong_datacenter(
         &self,
         now: SimTime,
@@ -74,8 +75,11 @@ impl Consul {
         if dc == self.config.datacenter || ignores_dc(&t.path) {
             return None;
         }
-        let mut dry_run = self.clone();
-        dry_run.config.datacenter = dc.to_string();
+        // Validation reads the request, never the store: a fresh store stands in for it, so
+        // the dry run costs O(request), not a copy of every key.
+        let mut dry_run =
+            Consul::new(SimConfig { datacenter: dc.to_string(), ..self.config.clone() });
+        dry_run.leader_lost = self.leader_lost;
         match dry_run.endpoint(now, req, false) {
             // No endpoint serves the path: the mux's answer.
             Err(mux) => return Some(Err(mux)),
