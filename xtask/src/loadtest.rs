@@ -1,12 +1,17 @@
 //! `cargo xtask loadtest`: the sim's HTTP server (`consul-ha agent -dev`, release build) and a
-//! real Consul 1.8.7 dev agent under the same load, one after the other, in one run; prints
-//! each figure for both and the ratio ours / Consul.
+//! real Consul 1.8.7 dev agent under the same load, in one run; prints each figure for both
+//! and the ratio ours / Consul.
 //!
 //! Load: wrk (Debian's package, installed if missing) with 2 threads and 16 connections for
-//! KV GET, KV PUT and 1-op transactions; then wake-ups of parked blocking queries; then a
-//! blocking query's deadline under writes to other keys; then 200,000 keys (~25-byte values)
-//! loaded by 64-op transactions, the resident memory each key costs, and the latency of a
-//! 1-op transaction with all of them stored. `LOADTEST_SECONDS` sets each wrk run (default 10).
+//! KV GET, KV PUT and 1-op transactions. Both agents run side by side and the throughput is
+//! measured in rounds: each round runs the three loads on the sim, then on Consul, so a
+//! slow minute of the host falls on both; each round gives a ratio, and the table shows the
+//! median rate of each agent and the median ratio (with the lowest and highest). Then, one
+//! agent after the other: wake-ups of parked blocking queries, a blocking query's deadline
+//! under writes to other keys, and 200,000 keys (~25-byte values) loaded by 64-op
+//! transactions, the resident memory each key costs, and the latency of a 1-op transaction
+//! with all of them stored. `LOADTEST_SECONDS` sets each wrk run (default 5),
+//! `LOADTEST_ROUNDS` the rounds (default 3).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -46,6 +51,8 @@ struct Row {
     consul: f64,
     /// True when more is better (throughput), false when less is (latency, memory).
     more_is_better: bool,
+    /// For figures measured in rounds: the median, lowest and highest ratio of a round.
+    rounds: Option<[f64; 3]>,
 }
 
 pub(crate) fn run(root: &Path) -> Result<(), String> {
@@ -63,94 +70,95 @@ pub(crate) fn run(root: &Path) -> Result<(), String> {
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), Into::into);
     let sim_bin = target.join("release/consul-ha");
     let seconds: u64 =
-        std::env::var("LOADTEST_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        std::env::var("LOADTEST_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let rounds: usize =
+        std::env::var("LOADTEST_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
     let dir = root.join("target/loadtest");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
 
-    let mut figures: Vec<[f64; 8]> = Vec::new();
-    for which in ["sim", "consul"] {
-        let agent = if which == "sim" { start_sim(&sim_bin)? } else { start_consul(&consul_bin)? };
-        println!("xtask: == {} on {}", agent.name, agent.addr);
-        let f = measure(&agent, &dir, seconds)?;
-        figures.push(f);
+    let sim = start_sim(&sim_bin)?;
+    let consul = start_consul(&consul_bin)?;
+    println!("xtask: == {} on {}, {} on {}", sim.name, sim.addr, consul.name, consul.addr);
+    let loads = Loads::new(&dir)?;
+    // rates[agent][load][round]
+    let mut rates = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
+    for round in 0..rounds {
+        for (a, agent) in [&sim, &consul].into_iter().enumerate() {
+            for (l, rate) in loads.run(agent, seconds)?.into_iter().enumerate() {
+                rates[a][l].push(rate);
+            }
+        }
+        println!("xtask: round {} of {rounds} done", round + 1);
+    }
+    let mut figures: Vec<[f64; 5]> = Vec::new();
+    for agent in [&sim, &consul] {
+        println!("xtask: == the rest on {}", agent.name);
+        figures.push(measure(agent)?);
     }
     let (ours, theirs) = (figures[0], figures[1]);
+    let throughput = |l: usize, what| {
+        let ratios = rates[0][l].iter().zip(&rates[1][l]).map(|(a, b)| a / b).collect();
+        let [ratio, low, high] = spread(ratios);
+        Row {
+            what,
+            unit: "req/s",
+            ours: spread(rates[0][l].clone())[0],
+            consul: spread(rates[1][l].clone())[0],
+            more_is_better: true,
+            rounds: Some([ratio, low, high]),
+        }
+    };
+    let once = |what, unit, ours: f64, consul: f64| Row {
+        what,
+        unit,
+        ours,
+        consul,
+        more_is_better: false,
+        rounds: None,
+    };
     let rows = [
-        Row {
-            what: "KV GET",
-            unit: "req/s",
-            ours: ours[0],
-            consul: theirs[0],
-            more_is_better: true,
-        },
-        Row {
-            what: "KV PUT",
-            unit: "req/s",
-            ours: ours[1],
-            consul: theirs[1],
-            more_is_better: true,
-        },
-        Row {
-            what: "1-op txn",
-            unit: "req/s",
-            ours: ours[2],
-            consul: theirs[2],
-            more_is_better: true,
-        },
-        Row {
-            what: "wake 150 parked watchers",
-            unit: "ms",
-            ours: ours[3],
-            consul: theirs[3],
-            more_is_better: false,
-        },
-        Row {
-            what: "blocking wait=2s under other writes",
-            unit: "s",
-            ours: ours[4],
-            consul: theirs[4],
-            more_is_better: false,
-        },
-        Row {
-            what: "RSS per stored key (200k keys)",
-            unit: "B",
-            ours: ours[5],
-            consul: theirs[5],
-            more_is_better: false,
-        },
-        Row {
-            what: "1-op txn latency, 200k keys stored (median)",
-            unit: "ms",
-            ours: ours[6],
-            consul: theirs[6],
-            more_is_better: false,
-        },
-        Row {
-            what: "load 200k keys by 64-op txns",
-            unit: "s",
-            ours: ours[7],
-            consul: theirs[7],
-            more_is_better: false,
-        },
+        throughput(0, "KV GET"),
+        throughput(1, "KV PUT"),
+        throughput(2, "1-op txn"),
+        once("wake 150 parked watchers", "ms", ours[0], theirs[0]),
+        once("blocking wait=2s under other writes", "s", ours[1], theirs[1]),
+        once("RSS per stored key (200k keys)", "B", ours[2], theirs[2]),
+        once("1-op txn latency, 200k keys stored (median)", "ms", ours[3], theirs[3]),
+        once("load 200k keys by 64-op txns", "s", ours[4], theirs[4]),
     ];
-    println!("| figure | consul-ha agent -dev | Consul 1.8.7 -dev | ours / Consul |");
+    println!(
+        "| figure | consul-ha agent -dev | Consul 1.8.7 -dev | ours / Consul ({rounds} rounds: median, lowest–highest) |"
+    );
     println!("|---|---|---|---|");
     for r in rows {
-        let ratio = if r.consul > 0.0 { r.ours / r.consul } else { f64::NAN };
+        let (ratio, range) = match r.rounds {
+            Some([m, lo, hi]) => (m, format!(" ({lo:.2}–{hi:.2})")),
+            None if r.consul > 0.0 => (r.ours / r.consul, String::new()),
+            None => (f64::NAN, String::new()),
+        };
         let better = if r.more_is_better { ratio >= 1.0 } else { ratio <= 1.0 };
         println!(
-            "| {} | {:.1} {} | {:.1} {} | {:.2}{} |",
+            "| {} | {:.1} {} | {:.1} {} | {:.2}{}{} |",
             r.what,
             r.ours,
             r.unit,
             r.consul,
             r.unit,
             ratio,
+            range,
             if better { "" } else { " (worse)" }
         );
     }
     Ok(())
+}
+
+/// The median, lowest and highest of `xs` (not empty).
+fn spread(mut xs: Vec<f64>) -> [f64; 3] {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    let median = if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 };
+    [median, xs[0], xs[n - 1]]
 }
 
 fn ensure_wrk() -> Result<(), String> {
@@ -338,22 +346,38 @@ fn txn_body(ops: impl Iterator<Item = String>) -> Vec<u8> {
     format!("[{}]", ops.join(",")).into_bytes()
 }
 
-/// The figures for one agent, in the order of the rows.
-fn measure(agent: &Agent, dir: &Path, seconds: u64) -> Result<[f64; 8], String> {
-    let base = format!("http://{}", agent.addr);
-    request(agent.addr, "PUT", "/v1/kv/bench/get", b"a value of some 25 bytes..")?;
-    let get = wrk(&format!("{base}/v1/kv/bench/get"), None, seconds)?;
-    let put_lua = dir.join("put.lua");
-    std::fs::write(&put_lua, "wrk.method = \"PUT\"\nwrk.body = \"a value of some 25 bytes..\"\n")
-        .map_err(|e| e.to_string())?;
-    let put = wrk(&format!("{base}/v1/kv/bench/put"), Some(&put_lua), seconds)?;
-    let txn_lua = dir.join("txn.lua");
-    let one =
-        String::from_utf8_lossy(&txn_body(std::iter::once("bench/txn".to_string()))).into_owned();
-    std::fs::write(&txn_lua, format!("wrk.method = \"PUT\"\nwrk.body = '{one}'\n"))
-        .map_err(|e| e.to_string())?;
-    let txn = wrk(&format!("{base}/v1/txn"), Some(&txn_lua), seconds)?;
+/// The wrk scripts of the three throughput loads.
+struct Loads {
+    put: std::path::PathBuf,
+    txn: std::path::PathBuf,
+}
 
+impl Loads {
+    fn new(dir: &Path) -> Result<Loads, String> {
+        let put = dir.join("put.lua");
+        std::fs::write(&put, "wrk.method = \"PUT\"\nwrk.body = \"a value of some 25 bytes..\"\n")
+            .map_err(|e| e.to_string())?;
+        let txn = dir.join("txn.lua");
+        let one = String::from_utf8_lossy(&txn_body(std::iter::once("bench/txn".to_string())))
+            .into_owned();
+        std::fs::write(&txn, format!("wrk.method = \"PUT\"\nwrk.body = '{one}'\n"))
+            .map_err(|e| e.to_string())?;
+        Ok(Loads { put, txn })
+    }
+
+    /// KV GET, KV PUT and 1-op txn rates on `agent`, in that order.
+    fn run(&self, agent: &Agent, seconds: u64) -> Result<[f64; 3], String> {
+        let base = format!("http://{}", agent.addr);
+        request(agent.addr, "PUT", "/v1/kv/bench/get", b"a value of some 25 bytes..")?;
+        let get = wrk(&format!("{base}/v1/kv/bench/get"), None, seconds)?;
+        let put = wrk(&format!("{base}/v1/kv/bench/put"), Some(&self.put), seconds)?;
+        let txn = wrk(&format!("{base}/v1/txn"), Some(&self.txn), seconds)?;
+        Ok([get, put, txn])
+    }
+}
+
+/// The figures measured once per agent, in the order of their rows.
+fn measure(agent: &Agent) -> Result<[f64; 5], String> {
     // Wake-ups: WATCHERS blocking reads parked on one key, then one write.
     request(agent.addr, "PUT", "/v1/kv/bench/watched", b"0")?;
     let index = current_index(agent.addr, "/v1/kv/bench/watched")?;
@@ -429,7 +453,7 @@ fn measure(agent: &Agent, dir: &Path, seconds: u64) -> Result<[f64; 8], String> 
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    Ok([get, put, txn, wake_ms, blocked.as_secs_f64(), per_key, median, load_s])
+    Ok([wake_ms, blocked.as_secs_f64(), per_key, median, load_s])
 }
 
 fn current_index(addr: SocketAddr, target: &str) -> Result<u64, String> {
