@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use consul_api::{Client, Error, Request, Response, Transport};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
@@ -520,21 +520,40 @@ async fn http_check(url: &str, timeout: Duration) -> (&'static str, String) {
 /// own header names are static and the values move into the map without a copy: this runs
 /// for every answer.
 pub(crate) fn header_map(headers: Vec<(&'static str, String)>) -> HeaderMap {
+    // Names and common values made at compile time: `from_static` at run time checks its
+    // text on every call, and this runs for every answer.
+    const INDEX: HeaderName = HeaderName::from_static("x-consul-index");
+    const KNOWN_LEADER: HeaderName = HeaderName::from_static("x-consul-knownleader");
+    const LAST_CONTACT: HeaderName = HeaderName::from_static("x-consul-lastcontact");
+    const JSON: HeaderValue = HeaderValue::from_static("application/json");
+    const ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("Accept-Encoding");
+    const TRUE: HeaderValue = HeaderValue::from_static("true");
+    const ZERO: HeaderValue = HeaderValue::from_static("0");
     let mut map = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let name = match name {
             "Content-Type" => http::header::CONTENT_TYPE,
-            "X-Consul-Index" => http::HeaderName::from_static("x-consul-index"),
-            "X-Consul-KnownLeader" => http::HeaderName::from_static("x-consul-knownleader"),
-            "X-Consul-LastContact" => http::HeaderName::from_static("x-consul-lastcontact"),
-            other => match http::HeaderName::from_bytes(other.as_bytes()) {
+            "X-Consul-Index" => INDEX,
+            "X-Consul-KnownLeader" => KNOWN_LEADER,
+            "X-Consul-LastContact" => LAST_CONTACT,
+            "Vary" => http::header::VARY,
+            "Content-Encoding" => http::header::CONTENT_ENCODING,
+            other => match HeaderName::from_bytes(other.as_bytes()) {
                 Ok(n) => n,
                 Err(_) => continue,
             },
         };
-        if let Ok(v) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-            map.insert(name, v);
-        }
+        let value = match value.as_str() {
+            "application/json" => JSON,
+            "Accept-Encoding" => ACCEPT_ENCODING,
+            "true" => TRUE,
+            "0" => ZERO,
+            _ => match HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+                Ok(v) => v,
+                Err(_) => continue,
+            },
+        };
+        map.insert(name, value);
     }
     map
 }

@@ -75,8 +75,22 @@ pub struct SimResponse {
 impl SimResponse {
     fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> SimResponse {
         // Written straight to bytes: nothing the core answers fails to serialize (string
-        // keys only), and an empty body would be the answer if it ever did.
-        SimResponse::json_bytes(status, serde_json::to_vec(value).unwrap_or_default())
+        // keys only), and an empty body would be the answer if it ever did. An answer to
+        // be indented is written indented at once (serde_json's four-space layout is Go's,
+        // see `pretty`), with the newline that marks it done.
+        let body = if pretty::wanted() {
+            let mut out = Vec::with_capacity(256);
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+            match value.serialize(&mut ser) {
+                Ok(()) => out.push(b'\n'),
+                Err(_) => out.clear(),
+            }
+            out
+        } else {
+            serde_json::to_vec(value).unwrap_or_default()
+        };
+        SimResponse::json_bytes(status, body)
     }
 
     /// A JSON answer already written out.
@@ -123,13 +137,14 @@ impl SimResponse {
         self
     }
 
-    /// A JSON answer indented as Consul indents it for `?pretty`; any other answer as it is.
+    /// A JSON answer indented as Consul indents it for `?pretty`; any other answer, or one
+    /// written indented already (it ends with the newline), as it is.
     fn indented(mut self) -> SimResponse {
         let json = self
             .headers
             .iter()
             .any(|(name, value)| *name == "Content-Type" && value == "application/json");
-        if json && !self.body.is_empty() {
+        if json && !self.body.is_empty() && !self.body.ends_with(b"\n") {
             self.body = Bytes::from(pretty::indent(&self.body));
         }
         self
@@ -412,7 +427,7 @@ impl Consul {
         {
             return Outcome::Done(SimResponse::moved(&req.method, location));
         }
-        if req.target.split('?').next() == Some("/") {
+        if req.target == "/" || req.target.starts_with("/?") {
             // The agent's index page with the UI off: the same words for every method.
             return Outcome::Done(SimResponse::text(StatusCode::OK, "Consul Agent"));
         }
@@ -435,11 +450,10 @@ impl Consul {
             Ok(t) => t,
             Err(msg) => return Ok(Outcome::Done(SimResponse::text(StatusCode::BAD_REQUEST, msg))),
         };
-        let outcome = self.dispatch(now, req, &target, block)?;
+        let pretty = self.config.pretty || target.flag("pretty");
+        let outcome = pretty::scope(pretty, || self.dispatch(now, req, &target, block))?;
         Ok(match outcome {
-            Outcome::Done(resp) if self.config.pretty || target.flag("pretty") => {
-                Outcome::Done(resp.indented())
-            }
+            Outcome::Done(resp) if pretty => Outcome::Done(resp.indented()),
             other => other,
         })
     }

@@ -3,33 +3,45 @@
 //! curl): each member and element on its own line, `": "` after a name, and `{}` and `[]`
 //! kept whole.
 
-/// `json` (compact, as the core writes it) indented the way Consul indents it. Bytes
-/// inside strings are copied as they are; whitespace outside strings is dropped and
-/// written anew.
+use std::cell::Cell;
+
+thread_local! {
+    /// Whether the answer being made on this thread is to be indented: set by
+    /// [`scope`] around one request's handling, read where answers are serialized.
+    static WANTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (one request's handling) with answers indented or not; the previous setting
+/// comes back afterwards, whatever `f` returns.
+pub(crate) fn scope<R>(pretty: bool, f: impl FnOnce() -> R) -> R {
+    let before = WANTED.replace(pretty);
+    let out = f();
+    WANTED.set(before);
+    out
+}
+
+/// Whether the answer being made is to be indented.
+pub(crate) fn wanted() -> bool {
+    WANTED.get()
+}
+
+/// `json` (compact, as the core writes it) indented the way Consul indents it. Strings
+/// and scalars are copied as they are, a run at a time; whitespace outside strings is
+/// dropped and written anew.
 pub(crate) fn indent(json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() * 2 + 16);
     let mut depth = 0usize;
     // An object or array just opened: its first member starts a new line, unless it
     // closes at once.
     let mut opened = false;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &c in json {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == b'\\' {
-                escaped = true;
-            } else if c == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&c) = json.get(i) {
         if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
             continue;
         }
-        if opened && c != b'}' && c != b']' {
+        let just_opened = std::mem::take(&mut opened);
+        if just_opened && c != b'}' && c != b']' {
             newline(&mut out, depth);
         }
         match c {
@@ -37,11 +49,10 @@ pub(crate) fn indent(json: &[u8]) -> Vec<u8> {
                 out.push(c);
                 depth += 1;
                 opened = true;
-                continue;
             }
             b'}' | b']' => {
                 depth = depth.saturating_sub(1);
-                if !opened {
+                if !just_opened {
                     newline(&mut out, depth);
                 }
                 out.push(c);
@@ -52,21 +63,54 @@ pub(crate) fn indent(json: &[u8]) -> Vec<u8> {
             }
             b':' => out.extend_from_slice(b": "),
             b'"' => {
-                out.push(c);
-                in_string = true;
+                let end = string_end(json, i);
+                out.extend_from_slice(json.get(i..end).unwrap_or_default());
+                i = end;
+                continue;
             }
-            _ => out.push(c),
+            _ => {
+                // A number or a literal: up to the next structural byte.
+                let len = json
+                    .get(i..)
+                    .unwrap_or_default()
+                    .iter()
+                    .position(|&b| matches!(b, b',' | b'}' | b']' | b':' | b' ' | b'\n'))
+                    .unwrap_or(json.len() - i);
+                out.extend_from_slice(json.get(i..i + len).unwrap_or_default());
+                i += len;
+                continue;
+            }
         }
-        opened = false;
+        i += 1;
     }
     out.push(b'\n');
     out
 }
 
+/// The index just past the string that opens at `start` (its closing quote included), or
+/// the end of `json` if it never closes.
+fn string_end(json: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    // Straight to the next quote or backslash (memchr: a string is most of an answer).
+    while let Some(at) = json.get(i..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+        i += at;
+        if json.get(i) == Some(&b'"') {
+            return i + 1;
+        }
+        i += 2;
+    }
+    json.len()
+}
+
+/// Four spaces per level, written a slice at a time.
 fn newline(out: &mut Vec<u8>, depth: usize) {
+    const SPACES: &[u8; 64] = &[b' '; 64];
     out.push(b'\n');
-    for _ in 0..depth {
-        out.extend_from_slice(b"    ");
+    let mut width = depth * 4;
+    while width > 0 {
+        let n = width.min(SPACES.len());
+        out.extend_from_slice(SPACES.get(..n).unwrap_or_default());
+        width -= n;
     }
 }
 

@@ -105,19 +105,26 @@ fn go_clean(path: &str) -> String {
 /// slash): rooted, no empty, `.` or `..` segment. The common case, checked without
 /// allocating.
 fn is_clean(path: &str) -> bool {
-    let mut segments = path.split('/');
-    if path.is_empty() || segments.next() != Some("") {
+    // One pass over the bytes, from slash to slash (this runs on every request): after the
+    // leading slash, no segment is `.` or `..`, and none is empty but the last.
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return false;
     }
-    let mut segments = segments.peekable();
-    while let Some(segment) = segments.next() {
-        match segment {
-            "." | ".." => return false,
-            "" if segments.peek().is_some() => return false,
-            _ => {}
+    let mut start = 1;
+    loop {
+        let rest = bytes.get(start..).unwrap_or_default();
+        let end = memchr::memchr(b'/', rest).map_or(bytes.len(), |at| start + at);
+        let segment = bytes.get(start..end).unwrap_or_default();
+        let last = end == bytes.len();
+        if segment == b"." || segment == b".." || (segment.is_empty() && !last) {
+            return false;
         }
+        if last {
+            return true;
+        }
+        start = end + 1;
     }
-    true
 }
 
 /// Consul 1.8.7's handlers registered as subtrees (`/v1/kv/`) that have no handler of the
@@ -171,7 +178,9 @@ pub(crate) fn subtree_redirect(target: &str) -> Option<String> {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let subtree = SUBTREES.iter().find(|s| s.strip_suffix('/') == Some(path))?;
+    // The subtree is the path and a slash (a length and a prefix compare: this runs on every
+    // request).
+    let subtree = SUBTREES.iter().find(|s| s.len() == path.len() + 1 && s.starts_with(path))?;
     Some(match query {
         Some(q) => format!("{subtree}?{q}"),
         None => subtree.to_string(),
