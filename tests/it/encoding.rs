@@ -156,12 +156,16 @@ async fn pretty_indents_json_as_consul_does_and_a_dev_agent_always_does() {
     let (a, keys) = (format!("/v1/kv/{p}/a"), format!("/v1/kv/{p}/?keys"));
     let txn = format!(r#"[{{"KV":{{"Verb":"get","Key":"{p}/a"}}}}]"#);
     let conflict = format!(r#"[{{"KV":{{"Verb":"check-index","Key":"{p}/a","Index":1}}}}]"#);
+    let set = format!(
+        r#"[{{"KV":{{"Verb":"set","Key":"{p}/b","Value":"dg=="}}}},{{"KV":{{"Verb":"get","Key":"{p}/a"}}}}]"#
+    );
     let requests: Vec<(&str, String, &str)> = vec![
         ("PUT", a.clone(), "some value"),
         ("GET", a.clone(), ""),
         ("GET", keys, ""),
         ("PUT", "/v1/txn".into(), &txn),
         ("PUT", "/v1/txn".into(), &conflict),
+        ("PUT", "/v1/txn".into(), &set),
         ("GET", "/v1/catalog/datacenters".into(), ""),
         ("GET", "/v1/status/leader".into(), ""),
         ("GET", format!("{a}?raw"), ""),

@@ -25,6 +25,30 @@ pub(crate) fn wanted() -> bool {
     WANTED.get()
 }
 
+/// Writes `value` into `out` as JSON: compact, or, when answers are indented, indented as a
+/// value nested `depth` levels deep (each line after its first shifted by `depth` levels).
+pub(crate) fn write_nested(out: &mut Vec<u8>, value: &impl serde::Serialize, depth: usize) {
+    // Writing to a Vec cannot fail, and every value the core writes serializes.
+    if !wanted() {
+        let _ = serde_json::to_writer(&mut *out, value);
+        return;
+    }
+    let mut own = Vec::with_capacity(256);
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let _ = serde::Serialize::serialize(
+        value,
+        &mut serde_json::Serializer::with_formatter(&mut own, formatter),
+    );
+    let mut rest = own.as_slice();
+    while let Some(at) = memchr::memchr(b'\n', rest) {
+        let (line, after) = rest.split_at(at + 1);
+        out.extend_from_slice(line);
+        newline_indent(out, depth);
+        rest = after;
+    }
+    out.extend_from_slice(rest);
+}
+
 /// `json` (compact, as the core writes it) indented the way Consul indents it. Strings
 /// and scalars are copied as they are, a run at a time; whitespace outside strings is
 /// dropped and written anew.
@@ -102,10 +126,15 @@ fn string_end(json: &[u8], start: usize) -> usize {
     json.len()
 }
 
-/// Four spaces per level, written a slice at a time.
+/// A newline, then four spaces per level.
 fn newline(out: &mut Vec<u8>, depth: usize) {
-    const SPACES: &[u8; 64] = &[b' '; 64];
     out.push(b'\n');
+    newline_indent(out, depth);
+}
+
+/// Four spaces per level, written a slice at a time.
+fn newline_indent(out: &mut Vec<u8>, depth: usize) {
+    const SPACES: &[u8; 64] = &[b' '; 64];
     let mut width = depth * 4;
     while width > 0 {
         let n = width.min(SPACES.len());

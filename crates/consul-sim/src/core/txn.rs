@@ -18,7 +18,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::kv::{EntryJson, KvEntry, Write, under};
-use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind};
+use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind, pretty};
 
 /// Consul's `txn_max_req_len` default: the largest transaction body.
 const MAX_TXN_BODY: usize = 512 * 1024;
@@ -150,30 +150,50 @@ impl Consul {
             self.end_txn(!errors.is_empty());
         }
         // Consul's TxnResponse (TxnReadResponse for a read-only transaction), written out
-        // directly: results were serialized as each operation ran.
-        let mut body = Vec::with_capacity(results.json.len() + 128);
-        body.extend_from_slice(b"{\"Results\":");
+        // directly: results were serialized as each operation ran. Indented answers are
+        // written indented here, in Go's layout (a field per line, four spaces a level).
+        let pretty = pretty::wanted();
+        let mut body = Vec::with_capacity(results.json.len() + 160);
+        body.push(b'{');
         let status = if errors.is_empty() {
-            body.push(b'[');
-            body.extend_from_slice(&results.json);
-            body.extend_from_slice(b"],\"Errors\":null");
+            field(&mut body, pretty, "Results");
+            if results.json.is_empty() {
+                body.extend_from_slice(b"[]");
+            } else {
+                body.push(b'[');
+                body.extend_from_slice(if pretty { b"\n        " } else { b"" });
+                body.extend_from_slice(&results.json);
+                body.extend_from_slice(if pretty { b"\n    ]" } else { b"]" });
+            }
+            body.push(b',');
+            field(&mut body, pretty, "Errors");
+            body.extend_from_slice(b"null");
             StatusCode::OK
         } else {
-            body.extend_from_slice(b"null,\"Errors\":");
-            body.extend_from_slice(&serde_json::to_vec(&errors).unwrap_or_default());
+            field(&mut body, pretty, "Results");
+            body.extend_from_slice(b"null,");
+            field(&mut body, pretty, "Errors");
+            pretty::write_nested(&mut body, &errors, 1);
             StatusCode::CONFLICT
         };
+        if !write {
+            let known_leader = if self.leader_lost { "false" } else { "true" };
+            for (name, value) in [
+                ("Index", "0"),
+                ("LastContact", "0"),
+                ("KnownLeader", known_leader),
+                ("ConsistencyLevel", "\"\""),
+            ] {
+                body.push(b',');
+                field(&mut body, pretty, name);
+                body.extend_from_slice(value.as_bytes());
+            }
+        }
+        body.extend_from_slice(if pretty { b"\n}\n" } else { b"}" });
         if write {
-            body.push(b'}');
             return Ok(Reply::write(SimResponse::json_bytes(status, body)));
         }
         let known_leader = !self.leader_lost;
-        body.extend_from_slice(
-            format!(
-                ",\"Index\":0,\"LastContact\":0,\"KnownLeader\":{known_leader},\"ConsistencyLevel\":\"\"}}"
-            )
-            .as_bytes(),
-        );
         let mut resp = SimResponse::json_bytes(status, body);
         resp.headers.push(("X-Consul-KnownLeader", known_leader.to_string()));
         resp.headers.push(("X-Consul-LastContact", "0".into()));
@@ -287,6 +307,14 @@ impl Consul {
     }
 }
 
+/// Starts a field of the answer's top-level object: its name and colon, on a line of its
+/// own when the answer is indented.
+fn field(body: &mut Vec<u8>, pretty: bool, name: &str) {
+    body.extend_from_slice(if pretty { b"\n    \"" } else { b"\"" });
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(if pretty { b"\": " } else { b"\":" });
+}
+
 fn txn_error(i: usize, what: &str) -> Value {
     json!({"OpIndex": i, "What": what})
 }
@@ -307,11 +335,13 @@ impl TxnResults {
         }
         if self.json.is_empty() {
             self.json.reserve(256);
+        } else if pretty::wanted() {
+            self.json.extend_from_slice(b",\n        ");
         } else {
             self.json.push(b',');
         }
-        // Writing to a Vec cannot fail, and an entry always serializes.
-        let _ = serde_json::to_writer(&mut self.json, &Kv { kv: entry });
+        // Two levels in: the answer's object, then its `Results` array.
+        pretty::write_nested(&mut self.json, &Kv { kv: entry }, 2);
     }
 }
 
