@@ -1,7 +1,18 @@
-//! What the benches share: the ring benches' member names and keys (the criterion benches
+//! What the benches share: the ring benches' member names, keys and peer ring (the criterion benches
 //! are under `benches/benches`, the cachegrind driver under `benches/examples`).
 
 use std::fmt::Write as _;
+
+/// anchorhash's ring of the same `n` members, the peer of every ring bench.
+pub fn anchor_ring(
+    n: usize,
+) -> anchorhash::AnchorHash<&'static str, String, std::collections::hash_map::RandomState> {
+    // AnchorHash needs a fixed capacity; twice the members leaves room to grow, as its docs
+    // advise.
+    anchorhash::Builder::default()
+        .with_resources(member_names(n))
+        .build((2 * n).min(usize::from(u16::MAX)) as u16)
+}
 
 /// `n` member names shaped like Consul node addresses.
 pub fn member_names(n: usize) -> Vec<String> {

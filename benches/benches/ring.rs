@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use consul_ha_benches::{member_names, ring_keys};
+use consul_ha_benches::{anchor_ring, member_names, ring_keys};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hashring::{Member, Ring, RingConfig, stats};
 
@@ -49,15 +49,6 @@ fn chr_1000() -> &'static (consistent_hash_ring::Ring<String>, Duration) {
         let ring = peer_chr(1000);
         (ring, t.elapsed())
     })
-}
-
-fn peer_anchor(
-    n: usize,
-) -> anchorhash::AnchorHash<&'static str, String, std::collections::hash_map::RandomState> {
-    // AnchorHash needs a fixed capacity; twice the members leaves room to grow, as its docs advise.
-    anchorhash::Builder::default()
-        .with_resources(member_names(n))
-        .build((2 * n).min(u16::MAX as usize) as u16)
 }
 
 /// Our ring's memory, build time and balance, printed and written beside criterion's
@@ -152,7 +143,7 @@ fn lookups(c: &mut Criterion, group: &str, keys: &[&'static str], sizes: &[usize
                 })
             });
         }
-        let anchor = peer_anchor(n);
+        let anchor = anchor_ring(n);
         group.bench_function(BenchmarkId::new("anchorhash", n), |b| {
             b.iter(|| {
                 i = (i + 1) & mask;

@@ -13,7 +13,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use consul_ha_benches::{member_names, ring_keys};
+use consul_ha_benches::{anchor_ring, member_names, ring_keys};
 use hashring::{Member, Ring};
 
 fn main() -> Result<(), String> {
@@ -30,13 +30,7 @@ fn main() -> Result<(), String> {
     let block = 1 << 20;
     let ring =
         Ring::new(member_names(n).into_iter().map(Member::new)).map_err(|e| e.to_string())?;
-    let anchor: anchorhash::AnchorHash<
-        &'static str,
-        String,
-        std::collections::hash_map::RandomState,
-    > = anchorhash::Builder::default()
-        .with_resources(member_names(n))
-        .build((2 * n).min(usize::from(u16::MAX)) as u16);
+    let anchor = anchor_ring(n);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); 2];
     let mut i = 0usize;
     for _ in 0..rounds {

@@ -12,7 +12,7 @@
 
 use std::hint::black_box;
 
-use consul_ha_benches::{member_names, ring_keys};
+use consul_ha_benches::{anchor_ring, member_names, ring_keys};
 use hashring::{Member, Ring};
 
 fn main() -> Result<(), String> {
@@ -39,13 +39,7 @@ fn main() -> Result<(), String> {
             }
         }
         "anchorhash" => {
-            let anchor: anchorhash::AnchorHash<
-                &'static str,
-                String,
-                std::collections::hash_map::RandomState,
-            > = anchorhash::Builder::default()
-                .with_resources(member_names(n))
-                .build((2 * n).min(usize::from(u16::MAX)) as u16);
+            let anchor = anchor_ring(n);
             for i in 0..lookups {
                 black_box(anchor.get_resource(keys[i & mask]));
             }
