@@ -144,6 +144,20 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("in-process/txn-1-op-rolled-back/{keys}-keys"), |b| {
             b.iter(|| rt.block_on(big.execute("bench", black_box(stale.clone()))).unwrap())
         });
+        // A session that takes a lock and is destroyed: ending it looks at the keys it
+        // acquired, not at the whole store.
+        let create = request("PUT", "/v1/session/create", br#"{"LockDelay":"0s"}"#);
+        g.bench_function(format!("in-process/session-lock-destroy/{keys}-keys"), |b| {
+            b.iter(|| {
+                let made = rt.block_on(big.execute("bench", create.clone())).unwrap();
+                let id: serde_json::Value = serde_json::from_slice(&made.body).unwrap();
+                let id = id["ID"].as_str().unwrap_or_default().to_string();
+                let lock = request("PUT", &format!("/v1/kv/lock/k?acquire={id}"), b"v");
+                rt.block_on(big.execute("bench", lock)).unwrap();
+                let destroy = request("PUT", &format!("/v1/session/destroy/{id}"), b"");
+                black_box(rt.block_on(big.execute("bench", destroy)).unwrap())
+            })
+        });
         // A request for a datacenter that does not exist is validated, then refused: it
         // must cost O(request) too, not a copy of the store.
         let elsewhere = request("GET", "/v1/kv/txn/k?dc=nowhere", b"");

@@ -300,6 +300,7 @@ impl DataDir {
             // Replay under the configuration the log was written with.
             core.config = header.config.apply(&header.node, &config);
             core.state = state;
+            core.index_held_keys();
             (header.seq, Some(header.node))
         } else if let Some((_, path)) = segments.first() {
             return Err(format!(

@@ -366,6 +366,12 @@ impl Consul {
         entry.modify_index = index;
         self.state.kv_index = index;
         self.state.tombstones.remove(w.key);
+        if w.acquire.is_some()
+            && let Some(s) = entry.session.as_deref().and_then(|s| self.state.sessions.get_mut(s))
+            && !s.acquired.contains(w.key)
+        {
+            s.acquired.insert(w.key.into());
+        }
         self.state.kv.insert(w.key.into(), entry);
         Ok(true)
     }

@@ -693,6 +693,7 @@ impl Consul {
             (state.tables.nodes, state.tables.services, state.tables.checks) = (i, i, i);
         }
         self.state = state;
+        self.index_held_keys();
         self.timers = None;
         Ok(())
     }

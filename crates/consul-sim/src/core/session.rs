@@ -1,5 +1,6 @@
 //! `/v1/session`: leases, their TTLs, their checks, and what invalidation does to locks.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +35,12 @@ pub(crate) struct SessionState {
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
     pub(crate) renewed_at: SimTime,
+    /// Every key this session has acquired (a superset of the keys it holds: a release, a
+    /// delete or a rolled-back transaction leaves its key here), so that ending the session
+    /// looks at those keys and not at the whole store. Not saved: rebuilt from the keys'
+    /// holders when a store is loaded ([`Consul::index_held_keys`]).
+    #[serde(skip)]
+    pub(crate) acquired: BTreeSet<Box<str>>,
 }
 
 impl SessionState {
@@ -274,6 +281,7 @@ impl Consul {
                 create_index: index,
                 modify_index: index,
                 renewed_at: now,
+                acquired: BTreeSet::new(),
             },
         );
         Ok(id)
@@ -283,21 +291,20 @@ impl Consul {
     /// the session's lock-delay, starting at `at`.
     pub(crate) fn invalidate_session(&mut self, at: SimTime, id: &str) {
         let Some(session) = self.state.sessions.remove(id) else { return };
-        let held: Vec<Box<str>> = self
-            .state
-            .kv
+        // The keys it still holds, in key order: O(keys it acquired), not O(store).
+        let held: Vec<&Box<str>> = session
+            .acquired
             .iter()
-            .filter(|(_, e)| e.session.as_deref() == Some(id))
-            .map(|(k, _)| k.clone())
+            .filter(|k| self.state.kv.get(&***k).is_some_and(|e| e.session.as_deref() == Some(id)))
             .collect();
         let index = self.bump();
         self.state.session_index = index;
         for key in held {
-            self.touched_key(&key);
+            self.touched_key(key);
             if session.delete {
-                self.state.kv.remove(&key);
+                self.state.kv.remove(key);
                 self.state.tombstones.insert(key.clone(), index);
-            } else if let Some(e) = self.state.kv.get_mut(&key) {
+            } else if let Some(e) = self.state.kv.get_mut(key) {
                 e.session = None;
                 e.modify_index = index;
             }
@@ -305,7 +312,20 @@ impl Consul {
             // Consul stores any LockDelay but never enforces more than 60 s.
             let delay = session.lock_delay.min(MAX_LOCK_DELAY);
             if !delay.is_zero() {
-                self.state.lock_delays.insert(key.into(), at.after(delay));
+                self.state.lock_delays.insert(key.to_string(), at.after(delay));
+            }
+        }
+    }
+
+    /// Rebuilds every session's [`acquired`](SessionState::acquired) keys from the keys'
+    /// holders: once, when a store is loaded (snapshots do not save them).
+    pub(crate) fn index_held_keys(&mut self) {
+        for session in self.state.sessions.values_mut() {
+            session.acquired.clear();
+        }
+        for (key, entry) in &self.state.kv {
+            if let Some(s) = entry.session.as_deref().and_then(|s| self.state.sessions.get_mut(s)) {
+                s.acquired.insert(key.clone());
             }
         }
     }

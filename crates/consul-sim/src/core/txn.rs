@@ -532,4 +532,42 @@ mod tests {
         assert_eq!(c.state.tombstones["old"], index);
         assert!(c.txn.is_none());
     }
+    /// Ending a session releases exactly the keys it still holds, whether it acquired them
+    /// by a KV write or a transaction, after releases, deletes and a rolled-back lock, and
+    /// after the store was saved and loaded (the held-key sets are rebuilt, not saved).
+    #[test]
+    fn ending_a_session_releases_the_keys_it_holds_and_no_others() {
+        for reload in [false, true] {
+            let mut c = Consul::new(SimConfig::default());
+            let (s, other) = (session(&mut c), session(&mut c));
+            for k in ["kept", "released", "deleted", "by-txn"] {
+                call(&mut c, Method::PUT, &format!("/v1/kv/{k}?acquire={s}"), k);
+            }
+            call(&mut c, Method::PUT, &format!("/v1/kv/released?release={s}"), "r");
+            call(&mut c, Method::DELETE, "/v1/kv/deleted", "");
+            call(&mut c, Method::PUT, &format!("/v1/kv/deleted?acquire={other}"), "d");
+            let lock =
+                |k: &str| json!({"KV": {"Verb": "lock", "Key": k, "Value": "dg==", "Session": s}});
+            let ops = json!([lock("by-txn"), lock("txn-only")]);
+            call(&mut c, Method::PUT, "/v1/txn", &ops.to_string());
+            let failing = json!([lock("rolled-back"), {"KV": {"Verb": "check-index", "Key": "kept", "Index": 1}}]);
+            call(&mut c, Method::PUT, "/v1/txn", &failing.to_string());
+            if reload {
+                let snapshot = c.snapshot().unwrap();
+                c = Consul::new(SimConfig::default());
+                c.restore(SimTime::default(), &snapshot).unwrap();
+            }
+            call(&mut c, Method::PUT, &format!("/v1/session/destroy/{s}"), "");
+            let holder = |c: &Consul, k: &str| c.state.kv.get(k).and_then(|e| e.session.clone());
+            for k in ["kept", "by-txn", "txn-only", "released"] {
+                assert_eq!(holder(&c, k), None, "{k} (reloaded: {reload})");
+            }
+            assert_eq!(
+                holder(&c, "deleted").as_deref(),
+                Some(other.as_str()),
+                "reloaded: {reload}"
+            );
+            assert!(!c.state.kv.contains_key("rolled-back"), "reloaded: {reload}");
+        }
+    }
 }
