@@ -366,13 +366,9 @@ impl Consul {
         entry.modify_index = index;
         self.state.kv_index = index;
         self.state.tombstones.remove(w.key);
-        if w.acquire.is_some()
-            && let Some(s) = entry.session.as_deref().and_then(|s| self.state.sessions.get_mut(s))
-            && !s.acquired.contains(w.key)
-        {
-            s.acquired.insert(w.key.into());
-        }
-        self.state.kv.insert(w.key.into(), entry);
+        let holder = entry.session.clone();
+        let before = self.state.kv.insert(w.key.into(), entry);
+        self.note_holder(w.key, before.and_then(|e| e.session), holder);
         Ok(true)
     }
 
@@ -380,7 +376,8 @@ impl Consul {
         if self.state.kv.contains_key(key) {
             let index = self.write_index();
             self.remember(key);
-            self.state.kv.remove(key);
+            let gone = self.state.kv.remove(key).and_then(|e| e.session);
+            self.note_holder(key, gone, None);
             self.state.kv_index = index;
             self.state.tombstones.insert(key.into(), index);
         }
@@ -408,7 +405,8 @@ impl Consul {
         self.state.kv_index = index;
         for k in doomed {
             self.remember(&k);
-            self.state.kv.remove(&k);
+            let gone = self.state.kv.remove(&k).and_then(|e| e.session);
+            self.note_holder(&k, gone, None);
             self.state.tombstones.insert(k, index);
         }
     }

@@ -35,10 +35,10 @@ pub(crate) struct SessionState {
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
     pub(crate) renewed_at: SimTime,
-    /// Every key this session has acquired (a superset of the keys it holds: a release, a
-    /// delete or a rolled-back transaction leaves its key here), so that ending the session
-    /// looks at those keys and not at the whole store. Not saved: rebuilt from the keys'
-    /// holders when a store is loaded ([`Consul::index_held_keys`]).
+    /// The keys this session holds, kept with every change of a key's holder
+    /// ([`Consul::note_holder`]), so that ending the session looks at those keys and not at
+    /// the whole store. Not saved: rebuilt from the keys' holders when a store is loaded
+    /// ([`Consul::index_held_keys`]).
     #[serde(skip)]
     pub(crate) acquired: BTreeSet<Box<str>>,
 }
@@ -291,7 +291,8 @@ impl Consul {
     /// the session's lock-delay, starting at `at`.
     pub(crate) fn invalidate_session(&mut self, at: SimTime, id: &str) {
         let Some(session) = self.state.sessions.remove(id) else { return };
-        // The keys it still holds, in key order: O(keys it acquired), not O(store).
+        // The keys it holds, in key order: O(its keys), not O(store). (The check is
+        // belt and braces: the set is exact.)
         let held: Vec<&Box<str>> = session
             .acquired
             .iter()
@@ -314,6 +315,25 @@ impl Consul {
             if !delay.is_zero() {
                 self.state.lock_delays.insert(key.to_string(), at.after(delay));
             }
+        }
+    }
+
+    /// Moves `key` from the keys `before` holds to those `after` holds (either may be
+    /// none): called wherever a key's holder changes.
+    pub(crate) fn note_holder(
+        &mut self,
+        key: &str,
+        before: Option<Box<str>>,
+        after: Option<Box<str>>,
+    ) {
+        if before == after {
+            return;
+        }
+        if let Some(s) = before.and_then(|s| self.state.sessions.get_mut(&*s)) {
+            s.acquired.remove(key);
+        }
+        if let Some(s) = after.and_then(|s| self.state.sessions.get_mut(&*s)) {
+            s.acquired.insert(key.into());
         }
     }
 

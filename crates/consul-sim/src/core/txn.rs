@@ -83,10 +83,12 @@ impl Consul {
             return;
         }
         for (key, entry, tomb) in log.before.into_iter().rev() {
-            match entry {
+            let restored = entry.as_ref().and_then(|e| e.session.clone());
+            let undone = match entry {
                 Some(e) => self.state.kv.insert(key.clone(), e),
                 None => self.state.kv.remove(&key),
             };
+            self.note_holder(&key, undone.and_then(|e| e.session), restored);
             match tomb {
                 Some(i) => self.state.tombstones.insert(key, i),
                 None => self.state.tombstones.remove(&key),
@@ -552,6 +554,18 @@ mod tests {
             call(&mut c, Method::PUT, "/v1/txn", &ops.to_string());
             let failing = json!([lock("rolled-back"), {"KV": {"Verb": "check-index", "Key": "kept", "Index": 1}}]);
             call(&mut c, Method::PUT, "/v1/txn", &failing.to_string());
+            // Each session's keys are exactly the keys it holds.
+            for session in c.state.sessions.values() {
+                let held: Vec<&str> = c
+                    .state
+                    .kv
+                    .iter()
+                    .filter(|(_, e)| e.session.as_deref() == Some(session.id.as_str()))
+                    .map(|(k, _)| &**k)
+                    .collect();
+                let known: Vec<&str> = session.acquired.iter().map(|k| &**k).collect();
+                assert_eq!(known, held, "the keys {} holds", session.id);
+            }
             if reload {
                 let snapshot = c.snapshot().unwrap();
                 c = Consul::new(SimConfig::default());
