@@ -32,7 +32,8 @@ pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
 /// One coding of an `Accept-Encoding` list and its weight, or `None` when its `q` is not a
 /// number or it names no coding. As the gzip handler parses it, every parameter after
 /// the coding resets the weight to 1 before it is read, so only a `q=` in the last
-/// parameter counts (`gzip;q=0;level=1` is accepted, as Consul accepts it).
+/// parameter counts (`gzip;q=0;level=1` is accepted, as Consul accepts it), while a `q` that
+/// is not a number drops the coding unless a later `q=` reads well.
 fn weighted(coding: &str) -> Option<(&'static str, f64)> {
     let mut parts = coding.split(';');
     let name = parts.next().unwrap_or_default().trim();
@@ -40,12 +41,11 @@ fn weighted(coding: &str) -> Option<(&'static str, f64)> {
     let mut bad = false;
     for param in parts {
         q = 1.0;
-        bad = false;
+        // Only a `q=` decides whether the coding is dropped: the last one read counts.
         if let Some(v) = param.trim().strip_prefix("q=") {
             match v.parse::<f64>() {
-                Ok(v) if v.is_nan() => bad = true,
-                Ok(v) => q = v.clamp(0.0, 1.0),
-                Err(_) => bad = true,
+                Ok(v) if !v.is_nan() => (q, bad) = (v.clamp(0.0, 1.0), false),
+                _ => bad = true,
             }
         }
     }
@@ -92,6 +92,8 @@ mod tests {
             (&["gzip;level=1"], true),
             (&["gzip;Q=0"], true),
             (&["gzip;q=0;level=1"], true),
+            (&["gzip;q=abc;level=1"], false),
+            (&["gzip;q=abc;q=1"], true),
             (&["gzip;q=0"], false),
             (&["gzip;q=0.0"], false),
             (&["gzip;q=abc"], false),
