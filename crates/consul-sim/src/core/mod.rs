@@ -78,18 +78,12 @@ impl SimResponse {
         // keys only), and an empty body would be the answer if it ever did. An answer to
         // be indented is written indented at once (serde_json's four-space layout is Go's,
         // see `pretty`), with the newline that marks it done.
-        let body = if pretty::wanted() {
-            let mut out = Vec::with_capacity(256);
-            let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
-            match value.serialize(&mut ser) {
-                Ok(()) => out.push(b'\n'),
-                Err(_) => out.clear(),
-            }
-            out
-        } else {
-            serde_json::to_vec(value).unwrap_or_default()
-        };
+        let mut body = Vec::with_capacity(256);
+        match pretty::write_nested(&mut body, value, 0) {
+            Ok(()) if pretty::wanted() => body.push(b'\n'),
+            Ok(()) => {}
+            Err(_) => body.clear(),
+        }
         SimResponse::json_bytes(status, body)
     }
 

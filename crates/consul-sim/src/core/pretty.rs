@@ -27,18 +27,21 @@ pub(crate) fn wanted() -> bool {
 
 /// Writes `value` into `out` as JSON: compact, or, when answers are indented, indented as a
 /// value nested `depth` levels deep (each line after its first shifted by `depth` levels).
-pub(crate) fn write_nested(out: &mut Vec<u8>, value: &impl serde::Serialize, depth: usize) {
-    // Writing to a Vec cannot fail, and every value the core writes serializes.
+/// The one place the core's answers are serialized.
+pub(crate) fn write_nested<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+    depth: usize,
+) -> serde_json::Result<()> {
     if !wanted() {
-        let _ = serde_json::to_writer(&mut *out, value);
-        return;
+        return serde_json::to_writer(&mut *out, value);
+    }
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    if depth == 0 {
+        return value.serialize(&mut serde_json::Serializer::with_formatter(out, formatter));
     }
     let mut own = Vec::with_capacity(256);
-    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-    let _ = serde::Serialize::serialize(
-        value,
-        &mut serde_json::Serializer::with_formatter(&mut own, formatter),
-    );
+    value.serialize(&mut serde_json::Serializer::with_formatter(&mut own, formatter))?;
     let mut rest = own.as_slice();
     while let Some(at) = memchr::memchr(b'\n', rest) {
         let (line, after) = rest.split_at(at + 1);
@@ -47,6 +50,7 @@ pub(crate) fn write_nested(out: &mut Vec<u8>, value: &impl serde::Serialize, dep
         rest = after;
     }
     out.extend_from_slice(rest);
+    Ok(())
 }
 
 /// `json` (compact, as the core writes it) indented the way Consul indents it. Strings

@@ -175,7 +175,8 @@ impl Consul {
             field(&mut body, pretty, "Results");
             body.extend_from_slice(b"null,");
             field(&mut body, pretty, "Errors");
-            pretty::write_nested(&mut body, &errors, 1);
+            // Writing to a Vec cannot fail, and the errors always serialize.
+            let _ = pretty::write_nested(&mut body, &errors, 1);
             StatusCode::CONFLICT
         };
         if !write {
@@ -343,7 +344,8 @@ impl TxnResults {
             self.json.push(b',');
         }
         // Two levels in: the answer's object, then its `Results` array.
-        pretty::write_nested(&mut self.json, &Kv { kv: entry }, 2);
+        // Writing to a Vec cannot fail, and an entry always serializes.
+        let _ = pretty::write_nested(&mut self.json, &Kv { kv: entry }, 2);
     }
 }
 
