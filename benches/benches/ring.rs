@@ -51,6 +51,11 @@ fn chr_1000() -> &'static (consistent_hash_ring::Ring<String>, Duration) {
     })
 }
 
+/// consistent_hash_ring at `n` members: the one built once at 1,000, built afresh below.
+fn with_chr<R>(n: usize, f: impl FnOnce(&consistent_hash_ring::Ring<String>) -> R) -> R {
+    if n == 1000 { f(&chr_1000().0) } else { f(&peer_chr(n)) }
+}
+
 /// Our ring's memory, build time and balance, printed and written beside criterion's
 /// results for `cargo xtask bench-report`.
 fn memory_and_balance() {
@@ -76,20 +81,15 @@ fn memory_and_balance() {
         let plain = stats::peak_to_mean(&stats::load(&ring, slices()));
         let bounded = ring.bounded_assignment(slices(), 1.10).expect("members").peak_to_mean();
         let chr_balance = if n <= 1000 {
-            let built;
-            let chr = if n == 1000 {
-                &chr_1000().0
-            } else {
-                built = peer_chr(n);
-                &built
-            };
-            let mut counts = std::collections::HashMap::<&String, usize>::new();
-            for k in &sample {
-                *counts.entry(chr.get(k.as_str())).or_default() += 1;
-            }
-            let mut chr_loads: Vec<usize> = counts.into_values().collect();
-            chr_loads.resize(n, 0);
-            format!("{:.3}", stats::peak_to_mean(&chr_loads))
+            with_chr(n, |chr| {
+                let mut counts = std::collections::HashMap::<&String, usize>::new();
+                for k in &sample {
+                    *counts.entry(chr.get(k.as_str())).or_default() += 1;
+                }
+                let mut chr_loads: Vec<usize> = counts.into_values().collect();
+                chr_loads.resize(n, 0);
+                format!("{:.3}", stats::peak_to_mean(&chr_loads))
+            })
         } else {
             "—".to_string()
         };
@@ -162,18 +162,13 @@ fn lookups(c: &mut Criterion, group: &str, keys: &[&'static str], sizes: &[usize
         if n <= 1000 {
             // consistent_hash_ring's build grows faster than the square of the points
             // (3.4 s at 1,000 members × 160, 41 s at 2,000): skipped at 10,000.
-            let built;
-            let chr = if n == 1000 {
-                &chr_1000().0
-            } else {
-                built = peer_chr(n);
-                &built
-            };
-            group.bench_function(BenchmarkId::new("consistent_hash_ring", n), |b| {
-                b.iter(|| {
-                    i = (i + 1) & mask;
-                    black_box(chr.try_get(keys[i]))
-                })
+            with_chr(n, |chr| {
+                group.bench_function(BenchmarkId::new("consistent_hash_ring", n), |b| {
+                    b.iter(|| {
+                        i = (i + 1) & mask;
+                        black_box(chr.try_get(keys[i]))
+                    })
+                });
             });
         }
     }
