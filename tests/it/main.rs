@@ -10,6 +10,7 @@ mod differential;
 mod encoding;
 mod go_parity;
 mod locks;
+mod metrics;
 mod real_cluster;
 mod real_consul;
 mod request_path;

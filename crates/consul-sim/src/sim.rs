@@ -180,7 +180,7 @@ pub struct Sim {
 impl Sim {
     /// Starts a simulator with `config`. Must be called inside a tokio runtime.
     pub fn new(config: SimConfig) -> Sim {
-        Sim::build(Consul::new(config), None)
+        Sim::build(Consul::new(dated(config)), None)
     }
 
     /// Starts a simulator that keeps its store in `dir`: every write is logged and fsynced
@@ -188,7 +188,7 @@ impl Sim {
     /// found there (snapshot plus log); a damaged file is an error naming it. See
     /// [`persist`](crate::persist) for the files, the fsync policy and the snapshot cadence.
     pub fn with_data_dir(config: SimConfig, dir: impl Into<PathBuf>) -> Result<Sim, String> {
-        let (data, core) = DataDir::open(config, &dir.into())?;
+        let (data, core) = DataDir::open(dated(config), &dir.into())?;
         Ok(Sim::build(core, Some(data)))
     }
 
@@ -606,6 +606,15 @@ impl Transport for SimTransport {
             }),
         }
     }
+}
+
+/// `config` with the wall clock of now at sim time zero, unless it names one.
+fn dated(mut config: SimConfig) -> SimConfig {
+    if config.wall_clock_start.is_none() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        config.wall_clock_start = Some(now.unwrap_or_default());
+    }
+    config
 }
 
 #[cfg(test)]

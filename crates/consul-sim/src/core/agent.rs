@@ -335,6 +335,17 @@ impl Consul {
                 expect(method, &Method::GET, &path)?;
                 Ok(Reply::json(&self.agent_self_json()))
             }
+            ["metrics"] => {
+                expect(method, &Method::GET, &path)?;
+                if t.param("format") == Some("prometheus") {
+                    // Consul's answer when `telemetry.prometheus_retention_time` is unset.
+                    return Err(ApiError::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "Prometheus is not enabled since its retention time is not positive",
+                    ));
+                }
+                Ok(Reply::json(&self.metrics_json(now)))
+            }
             ["members"] => {
                 expect(method, &Method::GET, &path)?;
                 if t.param("segment").is_some_and(|s| !s.is_empty()) {

@@ -9,6 +9,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::metrics::Fixed;
 use super::session::check_uuid;
 use super::{ApiError, Consul, Reply, SimRequest, SimResponse, SimTime, Target};
 
@@ -185,6 +186,13 @@ impl Consul {
                         "missing session",
                     ));
                 }
+                self.measure(Fixed::KvsApply);
+                self.measure(match (cas, acquire, release) {
+                    (Some(_), _, _) => Fixed::KvsCas,
+                    (_, Some(_), _) => Fixed::KvsLock,
+                    (_, _, Some(_)) => Fixed::KvsUnlock,
+                    _ => Fixed::KvsSet,
+                });
                 let w = Write {
                     key,
                     // A fresh allocation: a stored value never pins the request's buffer.
@@ -205,13 +213,18 @@ impl Consul {
                     )));
                 }
                 if t.flag("recurse") {
+                    self.measure(Fixed::KvsApply);
+                    self.measure(Fixed::KvsDeleteTree);
                     self.kv_delete_tree(key);
                     return Ok(Reply::json(&json!(true)));
                 }
                 if key.is_empty() {
                     return Err(ApiError::bad_request("Missing key name"));
                 }
-                let ok = match parse_uint(t, "cas")? {
+                let cas = parse_uint(t, "cas")?;
+                self.measure(Fixed::KvsApply);
+                self.measure(if cas.is_some() { Fixed::KvsDeleteCas } else { Fixed::KvsDelete });
+                let ok = match cas {
                     Some(cas) => self.kv_delete_cas(key, cas),
                     None => {
                         self.kv_delete(key);

@@ -19,6 +19,7 @@ mod gojson;
 mod health;
 mod json;
 mod kv;
+mod metrics;
 mod operator;
 mod pretty;
 mod request;
@@ -203,6 +204,11 @@ pub struct SimConfig {
     /// Indent every JSON answer, as Consul does in dev mode (`consul agent -dev`); without
     /// it, only answers to requests with `?pretty` are indented, as on any other agent.
     pub pretty: bool,
+    /// The wall-clock time at sim time zero, since the Unix epoch. It only dates the
+    /// intervals of `/v1/agent/metrics`, which Consul aligns to the clock's multiples of
+    /// 10 s. `None`: [`Sim`](crate::Sim) reads the system clock when it starts; a bare
+    /// [`Consul`] core counts from the epoch.
+    pub wall_clock_start: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -218,6 +224,7 @@ impl Default for SimConfig {
             session_ttl_min: Duration::from_secs(10),
             enable_script_checks: false,
             pretty: false,
+            wall_clock_start: None,
         }
     }
 }
@@ -304,6 +311,10 @@ pub struct Consul {
     /// The earliest timer deadline, as of the last full scan, and what the timers looked
     /// like then. See [`advance`](Self::advance).
     timers: Option<(TimerGeneration, Option<SimTime>)>,
+    /// What `/v1/agent/metrics` shows.
+    pub(crate) metrics: metrics::Metrics,
+    /// The latest time the core was given: when the metrics of a write are recorded.
+    clock: SimTime,
 }
 
 /// What changes whenever a timer may start earlier than the ones already known: a session
@@ -316,6 +327,7 @@ type TimerGeneration = (u64, u64, usize, bool);
 impl Consul {
     /// A fresh store: the agent's node registered as a Consul server registers itself.
     pub fn new(config: SimConfig) -> Consul {
+        let metrics = metrics::Metrics::new(config.wall_clock_start.unwrap_or_default());
         let mut c = Consul {
             state: State { rng: config.seed | 1, ..Default::default() },
             config,
@@ -325,6 +337,8 @@ impl Consul {
             changes: Changes::default(),
             left: false,
             timers: None,
+            metrics,
+            clock: SimTime::default(),
         };
         c.register_agent_node();
         c
@@ -365,7 +379,20 @@ impl Consul {
     /// The next index, for a write to KV keys only (each key is noted by `touched_key`).
     pub(crate) fn bump_kv(&mut self) -> u64 {
         self.state.index += 1;
+        self.measure(metrics::Fixed::RaftApply);
         self.state.index
+    }
+
+    /// Records one of the core's metrics (a sample of the sim's own duration: none).
+    pub(crate) fn measure(&mut self, metric: metrics::Fixed) {
+        let (state, healthy) = (&self.state, !self.leader_lost);
+        self.metrics.record(self.clock, metric, 0.0, || gauges(state, healthy));
+    }
+
+    /// `/v1/agent/metrics` at `now`.
+    pub(crate) fn metrics_json(&mut self, now: SimTime) -> metrics::Summary {
+        let (state, healthy) = (&self.state, !self.leader_lost);
+        self.metrics.display(now, || gauges(state, healthy))
     }
 
     /// Mixes `seed` into the random generator (session ids, jitter). An agent seeded from
@@ -402,6 +429,7 @@ impl Consul {
     /// Handles one request at `now`. With `block`, a blocking query whose result has not
     /// moved past its `?index` parks ([`Outcome::Blocked`]); without, it answers anyway.
     pub fn handle(&mut self, now: SimTime, req: &SimRequest, block: bool) -> Outcome {
+        self.clock = self.clock.max(now);
         self.advance(now);
         // What Go's net/http and ServeMux answer before Consul's handlers see the request.
         match BadTarget::check(&req.target) {
@@ -446,6 +474,12 @@ impl Consul {
         };
         let pretty = self.config.pretty || target.flag("pretty");
         let outcome = pretty::scope(pretty, || self.dispatch(now, req, &target, block))?;
+        if let Outcome::Done(_) = outcome {
+            // Consul times every request its handlers answer, under the handler's pattern.
+            let (state, healthy) = (&self.state, !self.leader_lost);
+            let (method, path) = (&req.method, target.path.as_str());
+            self.metrics.http(now, method, path, 0.0, || gauges(state, healthy));
+        }
         Ok(match outcome {
             Outcome::Done(resp) if pretty => Outcome::Done(resp.indented()),
             other => other,
@@ -801,6 +835,12 @@ impl ApiError {
             None => resp,
         }
     }
+}
+
+/// The gauges of `/v1/agent/metrics` as the store stands.
+fn gauges(state: &State, healthy: bool) -> metrics::Gauges {
+    let ttl_sessions = state.sessions.values().filter(|s| s.ttl.is_some()).count();
+    metrics::Gauges { index: state.index, ttl_sessions, healthy }
 }
 
 pub(crate) fn expect(actual: &Method, want: &Method, _path: &str) -> Result<(), ApiError> {

@@ -171,6 +171,11 @@ const SUBTREES: &[&str] = &[
     "/v1/discovery-chain/",
 ];
 
+/// The longest of [`SUBTREES`] holding `path`.
+pub(crate) fn subtree_of(path: &str) -> Option<&'static str> {
+    SUBTREES.iter().copied().filter(|s| path.starts_with(s)).max_by_key(|s| s.len())
+}
+
 /// Where Go's ServeMux redirects a path naming a subtree without its slash (`/v1/kv`): the
 /// path with the slash, the query kept; `None` for any other path.
 pub(crate) fn subtree_redirect(target: &str) -> Option<String> {

@@ -8,6 +8,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::metrics::Fixed;
 use super::{ApiError, Consul, Reply, SimTime, Target, expect, field, go_kind, str_field};
 
 const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
@@ -96,12 +97,16 @@ impl Consul {
             "create" => {
                 expect(method, &Method::PUT, &path)?;
                 let id = self.create_session(now, body)?;
+                self.measure(Fixed::SessionApply);
+                self.measure(Fixed::SessionCreate);
                 Ok(Reply::json(&json!({"ID": id})))
             }
             "destroy" => {
                 expect(method, &Method::PUT, &path)?;
                 require_id(arg)?;
                 check_uuid(arg)?;
+                self.measure(Fixed::SessionApply);
+                self.measure(Fixed::SessionDestroy);
                 self.invalidate_session(now, arg);
                 Ok(Reply::json(&json!(true)))
             }

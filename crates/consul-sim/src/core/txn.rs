@@ -18,6 +18,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::kv::{EntryJson, KvEntry, Write, under};
+use super::metrics::Fixed;
 use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind, pretty};
 
 /// Consul's `txn_max_req_len` default: the largest transaction body.
@@ -140,8 +141,10 @@ impl Consul {
             }
         }
         let mut results = TxnResults::default();
+        self.measure(if write { Fixed::TxnApply } else { Fixed::TxnRead });
         if errors.is_empty() {
             if write {
+                self.measure(Fixed::FsmTxn);
                 self.begin_txn();
             }
             for (i, op) in &ops {
