@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::catalog::{CONSUL_SERVICE, SERVER_PORT};
 use super::checks::{NODE_MAINT, SERVICE_MAINT_PREFIX, is_maintenance, valid_status};
 use super::filter;
+use super::gojson::quote;
 use super::{
     ApiError, CheckKind, CheckState, Consul, Reply, ServiceState, SimResponse, SimTime, Target,
     expect, json_body, str_field, to_map,
@@ -86,7 +87,10 @@ fn enable_param(t: &Target) -> Result<bool, ApiError> {
         Some(v) => match v {
             "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
             "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-            _ => Err(ApiError::bad_request(format!("Invalid value for enable: {v:?}"))),
+            _ => Err(ApiError::bad_request(format!(
+                "Invalid value for enable: {q_v}",
+                q_v = quote(v)
+            ))),
         },
     }
 }
@@ -148,7 +152,7 @@ impl Consul {
                 if !self.state.services.contains_key(&(node.clone(), id.to_string())) {
                     return Err(ApiError::new(
                         StatusCode::NOT_FOUND,
-                        format!("No service registered with ID {id:?}"),
+                        format!("No service registered with ID {q_id}", q_id = quote(id)),
                     ));
                 }
                 let check_id = format!("{SERVICE_MAINT_PREFIX}{id}");
@@ -226,7 +230,10 @@ impl Consul {
                 {
                     return Err(ApiError::new(
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("ServiceID {service_id:?} does not exist"),
+                        format!(
+                            "ServiceID {q_service_id} does not exist",
+                            q_service_id = quote(&service_id)
+                        ),
                     ));
                 }
                 let check = self.parse_check(now, &def, &service_id, None)?;

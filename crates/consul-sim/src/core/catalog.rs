@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::filter;
+use super::gojson::quote;
 
 use super::{
     ApiError, CheckKind, CheckState, Consul, NodeState, Reply, SimResponse, SimTime, Target,
@@ -644,7 +645,11 @@ fn catalog_check(def: &Value) -> Result<CheckState, ApiError> {
     let status =
         str_field(def, "Status")?.filter(|s| !s.is_empty()).unwrap_or_else(|| "critical".into());
     if !super::checks::valid_status(&status) {
-        return Err(ApiError::bad_request(format!("check {id:?}: invalid Status {status:?}")));
+        return Err(ApiError::bad_request(format!(
+            "check {q_id}: invalid Status {q_status}",
+            q_id = quote(&id),
+            q_status = quote(&status)
+        )));
     }
     let service_id = str_field(def, "ServiceID")?.filter(|s| !s.is_empty()).unwrap_or_default();
     Ok(CheckState {

@@ -7,6 +7,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::gojson::quote;
 use super::{ApiError, Consul, SimTime, duration_field, str_field};
 
 /// What runs a check.
@@ -228,7 +229,8 @@ impl Consul {
             },
             _ if !args.is_empty() => {
                 return Err(ApiError::bad_request(format!(
-                    "check {id:?}: only one of Args, TTL, HTTP or TCP may be given"
+                    "check {q_id}: only one of Args, TTL, HTTP or TCP may be given",
+                    q_id = quote(&id)
                 )));
             }
             (Some(ttl), None, None) => CheckKind::Ttl(ttl),
@@ -243,7 +245,8 @@ impl Consul {
             }
             _ => {
                 return Err(ApiError::bad_request(format!(
-                    "check {id:?}: only one of TTL, HTTP or TCP may be given"
+                    "check {q_id}: only one of TTL, HTTP or TCP may be given",
+                    q_id = quote(&id)
                 )));
             }
         };
@@ -253,7 +256,11 @@ impl Consul {
         if let Some(status) = &given
             && !valid_status(status)
         {
-            return Err(ApiError::bad_request(format!("check {id:?}: invalid Status {status:?}")));
+            return Err(ApiError::bad_request(format!(
+                "check {q_id}: invalid Status {q_status}",
+                q_id = quote(&id),
+                q_status = quote(status)
+            )));
         }
         // Re-registering a check without a Status keeps its current status and output, as
         // Consul's agent does.
@@ -299,7 +306,7 @@ impl Consul {
             // Consul 1.8.7 answers an unknown check like a check without a TTL.
             _ => Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("CheckID {id:?} does not have associated TTL"),
+                format!("CheckID {q_id} does not have associated TTL", q_id = quote(id)),
             )),
         }
     }

@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use regex::Regex;
 use serde_json::{Value, json};
 
+use super::gojson::quote;
 use super::{ApiError, Consul, Reply, SimResponse, Target, expect};
 
 /// How many events the agent remembers (Consul's `maxUserEvents`).
@@ -72,9 +73,12 @@ fn filter_regex(field: &str, pattern: &str) -> Result<Option<Regex>, ApiError> {
     if pattern.is_empty() {
         return Ok(None);
     }
-    Regex::new(pattern)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request(format!("Invalid {field} filter {pattern:?}: {e}")))
+    Regex::new(pattern).map(Some).map_err(|e| {
+        ApiError::bad_request(format!(
+            "Invalid {field} filter {q_pattern}: {e}",
+            q_pattern = quote(pattern)
+        ))
+    })
 }
 
 impl Consul {

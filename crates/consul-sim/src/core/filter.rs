@@ -21,6 +21,7 @@ use http::StatusCode;
 use regex::Regex;
 use serde_json::Value;
 
+use super::gojson::quote;
 use super::{Reply, SimResponse, Target};
 
 /// The type of a field, as the filter sees it.
@@ -274,7 +275,7 @@ fn check(e: Expr, ty: &'static Ty) -> Result<Check, String> {
         Expr::Match { selector, text, op, value } => {
             let leaf = resolve(ty, &selector).map_err(|n| {
                 let named = selector.get(..n).map_or_else(|| text.clone(), |s| s.join("."));
-                format!("Selector {named:?} is not valid")
+                format!("Selector {q_named} is not valid", q_named = quote(&named))
             })?;
             let allowed = match leaf {
                 Ty::Str => {
@@ -297,8 +298,9 @@ fn check(e: Expr, ty: &'static Ty) -> Result<Check, String> {
             };
             if !allowed {
                 return Err(format!(
-                    "Invalid match operator {:?} for selector {text:?}",
-                    op.name()
+                    "Invalid match operator {} for selector {q_text}",
+                    quote(op.name()),
+                    q_text = quote(&text)
                 ));
             }
             let lit = match (value, leaf, op) {
@@ -306,8 +308,9 @@ fn check(e: Expr, ty: &'static Ty) -> Result<Check, String> {
                 (Some(v), _, Op::Matches | Op::NotMatches) => {
                     let re = Regex::new(&v).map_err(|e| {
                         format!(
-                            "Failed to compile regular expression {v:?}: error parsing regexp: {}",
-                            go_regexp_error(&v, &e.to_string())
+                            "Failed to compile regular expression {q_v}: error parsing regexp: {}",
+                            go_regexp_error(&v, &e.to_string()),
+                            q_v = quote(&v)
                         )
                     })?;
                     Lit::Regex(re)
@@ -316,21 +319,30 @@ fn check(e: Expr, ty: &'static Ty) -> Result<Check, String> {
                     coerce_error(
                         &v,
                         &text,
-                        &format!("strconv.ParseInt: parsing {v:?}: invalid syntax"),
+                        &format!(
+                            "strconv.ParseInt: parsing {q_v}: invalid syntax",
+                            q_v = quote(&v)
+                        ),
                     )
                 })?),
                 (Some(v), Ty::Uint, _) => Lit::Uint(v.parse().map_err(|_| {
                     coerce_error(
                         &v,
                         &text,
-                        &format!("strconv.ParseUint: parsing {v:?}: invalid syntax"),
+                        &format!(
+                            "strconv.ParseUint: parsing {q_v}: invalid syntax",
+                            q_v = quote(&v)
+                        ),
                     )
                 })?),
                 (Some(v), Ty::Bool, _) => Lit::Bool(parse_go_bool(&v).ok_or_else(|| {
                     coerce_error(
                         &v,
                         &text,
-                        &format!("strconv.ParseBool: parsing {v:?}: invalid syntax"),
+                        &format!(
+                            "strconv.ParseBool: parsing {q_v}: invalid syntax",
+                            q_v = quote(&v)
+                        ),
                     )
                 })?),
                 (Some(v), _, _) => Lit::Str(v),
@@ -360,7 +372,11 @@ fn go_regexp_error(pattern: &str, rust: &str) -> String {
 }
 
 fn coerce_error(value: &str, selector: &str, why: &str) -> String {
-    format!("Failed to coerce value {value:?} for selector {selector:?}: {why}")
+    format!(
+        "Failed to coerce value {q_value} for selector {q_selector}: {why}",
+        q_value = quote(value),
+        q_selector = quote(selector)
+    )
 }
 
 /// A Go `strconv.ParseBool`.
@@ -540,7 +556,7 @@ impl<'a> Parser<'a> {
     }
 
     fn action_error(&mut self, rule: &str, message: &str) {
-        let e = self.position(self.pos, &format!("rule {rule:?}: {message}"));
+        let e = self.position(self.pos, &format!("rule {q_rule}: {message}", q_rule = quote(rule)));
         // The generated parser drops repeats (alternatives re-parse the same text).
         if !self.errors.contains(&e) {
             self.errors.push(e);
@@ -577,7 +593,7 @@ impl<'a> Parser<'a> {
             self.pos += s.len();
             Some(())
         } else {
-            self.fail(&format!("{s:?}"));
+            self.fail(&quote(s).to_string());
             None
         }
     }

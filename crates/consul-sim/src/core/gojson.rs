@@ -25,6 +25,66 @@ pub(crate) fn decode(body: &[u8]) -> Result<Value, String> {
     serde_json::from_slice(first).map_err(|e| format!("cannot decode: {e}"))
 }
 
+/// Go 1.15's `unicode.IsPrint`.
+pub(crate) fn go_prints(c: char) -> bool {
+    use unicode_general_category::GeneralCategory::{
+        Control, Format, LineSeparator, ParagraphSeparator, PrivateUse, SpaceSeparator, Surrogate,
+        Unassigned,
+    };
+    // Assigned in Unicode 12.1 (SQUARE ERA NAME REIWA), after the tables Go 1.15 carries.
+    const AFTER_GO: char = '\u{32FF}';
+    let category = unicode_general_category::get_general_category(c);
+    c == ' '
+        || c != AFTER_GO
+            && !matches!(
+                category,
+                Control
+                    | Format
+                    | Surrogate
+                    | PrivateUse
+                    | Unassigned
+                    | SpaceSeparator
+                    | LineSeparator
+                    | ParagraphSeparator
+            )
+}
+
+/// `s` quoted as Go's `%q` (`strconv.Quote`) writes it, as Consul's error texts carry
+/// names: printable characters as they are, `\a \b \f \n \r \t \v` by name, other
+/// control characters as `\x01`, other non-printable ones as `\u00a0` or `\U0001d173`.
+pub(crate) fn quote(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if go_prints(c) => out.push(c),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if c < ' ' => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if u32::from(c) < 0x10000 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", u32::from(c));
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
 enum Stop {
     Eof,
     Invalid(String),
@@ -215,6 +275,24 @@ fn quote_char(c: u8) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn quote_writes_what_gos_q_verb_writes() {
+        // Go's fmt.Sprintf("%q", s) for each (Go 1.15).
+        for (s, want) in [
+            ("plain/key", r#""plain/key""#),
+            ("a\"b\\c", r#""a\"b\\c""#),
+            ("tab\there\n", r#""tab\there\n""#),
+            ("\u{1}\u{7}\u{8}\u{b}\u{c}\r", r#""\x01\a\b\v\f\r""#),
+            ("del\u{7f}", r#""del\u007f""#),
+            ("nb\u{a0}sp \u{2028}", r#""nb\u00a0sp \u2028""#),
+            ("é ü 中 😀", r#""é ü 中 😀""#),
+            ("\u{1d173}\u{e000}", r#""\U0001d173\ue000""#),
+            ("\u{32ff}", r#""\u32ff""#),
+        ] {
+            assert_eq!(quote(s), want, "{s:?}");
+        }
+    }
     use super::*;
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::ApiError;
+use super::gojson::quote;
 
 /// Decodes a JSON body as Consul's Go decoder does (first value; Go's error texts). `what`
 /// names the body in the log, not in the answer: Consul's answer names only the decoder error.
@@ -41,9 +42,9 @@ pub(crate) fn duration_field(obj: &Value, name: &str) -> Result<Option<Duration>
     match field(obj, name) {
         None => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => consul_api::types::parse_duration(s)
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("{name}: invalid duration {s:?}"))),
+        Some(Value::String(s)) => consul_api::types::parse_duration(s).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("{name}: invalid duration {q_s}", q_s = quote(s)))
+        }),
         Some(Value::Number(n)) => n
             .as_u64()
             .map(|n| Some(Duration::from_nanos(n)))

@@ -9,6 +9,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::gojson::quote;
 use super::metrics::Fixed;
 use super::session::check_uuid;
 use super::{ApiError, Consul, Reply, SimRequest, SimResponse, SimTime, Target};
@@ -139,7 +140,7 @@ fn parse_uint(t: &Target, name: &str) -> Result<Option<u64>, ApiError> {
         };
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("strconv.ParseUint: parsing {v:?}: {why}"),
+            format!("strconv.ParseUint: parsing {q_v}: {why}", q_v = quote(v)),
         )
     })
 }
@@ -310,7 +311,10 @@ impl Consul {
         if self.state.sessions.contains_key(id) {
             Ok(())
         } else {
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("invalid session {id:?}")))
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("invalid session {q_id}", q_id = quote(id)),
+            ))
         }
     }
 

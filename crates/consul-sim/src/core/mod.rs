@@ -444,6 +444,9 @@ impl Consul {
             }
             Ok(()) => {}
         }
+        if !request::printable_path(&req.target) {
+            return Outcome::Done(SimResponse::empty(StatusCode::BAD_REQUEST));
+        }
         if let Some(location) =
             request::clean_redirect(&req.target).or_else(|| request::subtree_redirect(&req.target))
         {

@@ -9,6 +9,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::gojson::quote;
 use super::{ApiError, Consul, Reply, SimResponse, SimTime, expect, field};
 
 /// Autopilot's settings as Consul stores them (its defaults for a new cluster).
@@ -94,7 +95,7 @@ impl AutopilotConfig {
             match field(&v, name) {
                 None => Ok(Duration::ZERO),
                 Some(Value::String(s)) => consul_api::types::parse_duration(s)
-                    .ok_or_else(|| bad(format!("{name}: invalid duration {s:?}"))),
+                    .ok_or_else(|| bad(format!("{name}: invalid duration {q_s}", q_s = quote(s)))),
                 Some(Value::Number(n)) => n
                     .as_u64()
                     .map(Duration::from_nanos)
@@ -175,7 +176,10 @@ impl Consul {
                 }
                 Err(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{what} {value:?} was not found in the Raft configuration"),
+                    format!(
+                        "{what} {q_value} was not found in the Raft configuration",
+                        q_value = quote(value)
+                    ),
                 ))
             }
             "autopilot/configuration" if m == Method::GET => {
@@ -187,8 +191,7 @@ impl Consul {
                     None => None,
                     Some(c) => Some(c.parse::<u64>().map_err(|_| {
                         ApiError::bad_request(format!(
-                            "Bad request: Error parsing cas value: strconv.ParseUint: parsing {c:?}: invalid syntax"
-                        ))
+                            "Bad request: Error parsing cas value: strconv.ParseUint: parsing {q_c}: invalid syntax", q_c = quote(c)))
                     })?),
                 };
                 let mut config = AutopilotConfig::from_body(body)?;

@@ -237,6 +237,22 @@ impl Target {
     }
 }
 
+/// Whether every character of the target's decoded path prints by Go's `unicode.IsPrint`
+/// (letters, marks, numbers, punctuation, symbols and the ASCII space), as Consul's outermost
+/// handler (go-cleanhttp's `PrintablePathCheckHandler`) requires before anything else sees
+/// the request: a control character, a space other than U+0020, a line or paragraph
+/// separator, a format character, a private-use or unassigned code point in the path gets a
+/// bare 400. Bytes that are not UTF-8 read as U+FFFD, which prints. Unicode 12.0, as in the
+/// Go that built Consul 1.8.7 (each kind checked on it).
+pub(crate) fn printable_path(target: &str) -> bool {
+    let raw = target.split_once('?').map_or(target, |(p, _)| p);
+    if raw.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'%') {
+        return true;
+    }
+    let bytes: Vec<u8> = percent_decode_str(raw).collect();
+    String::from_utf8_lossy(&bytes).chars().all(super::gojson::go_prints)
+}
+
 /// Percent-decodes one component, `+` as a space in the query; one allocation, the result.
 fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
     let spaced;
@@ -255,6 +271,41 @@ fn decode(s: &str, plus_is_space: bool) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_print_as_go_1_15_sees_them() {
+        // Each checked on Consul 1.8.7: 200 for the printable, a bare 400 for the others.
+        for printable in [
+            "/v1/kv/a",
+            "/v1/kv/a%20b",
+            "/v1/kv/a?x=%01",
+            "/v1/kv/%C3%BC",
+            "/v1/kv/a%C3%28b",
+            "/v1/kv/%F0%9F%98%80",
+            "/v1/kv/%F0%9F%A6%A5",
+        ] {
+            assert!(printable_path(printable), "{printable}");
+        }
+        for refused in [
+            "/v1/kv/a%00b",
+            "/v1/kv/a%01b",
+            "/v1/kv/a%09b",
+            "/v1/kv/a%7Fb",
+            "/v1/kv/a%C2%A0b",
+            "/v1/kv/a%E2%80%8Bb",
+            "/v1/kv/a%E2%80%A8b",
+            "/v1/kv/a%E2%80%A9b",
+            "/v1/kv/a%E3%80%80b",
+            "/v1/kv/a%EF%BB%BFb",
+            "/v1/kv/a%EE%80%80b",
+            "/v1/kv/a%CD%B8b",
+            "/v1/kv/%E3%8B%BF",
+            "/v1/kv/%F0%9F%AB%90",
+            "/%01",
+        ] {
+            assert!(!printable_path(refused), "{refused}");
+        }
+    }
 
     #[test]
     fn unclean_paths_redirect_like_gos_servemux() {

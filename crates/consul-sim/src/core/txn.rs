@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 
+use super::gojson::quote;
 use super::kv::{EntryJson, KvEntry, Write, under};
 use super::metrics::Fixed;
 use super::{ApiError, Consul, Reply, SimResponse, SimTime, go_kind, pretty};
@@ -136,7 +137,7 @@ impl Consul {
             } else if op.verb == "lock" && self.in_lock_delay(&op.key, now) {
                 errors.push(txn_error(
                     *i,
-                    &format!("failed to lock key {:?} due to lock delay", op.key),
+                    &format!("failed to lock key {} due to lock delay", quote(&op.key)),
                 ));
             }
         }
@@ -225,9 +226,10 @@ impl Consul {
                 }
                 if op.value.len() > self.config.max_value_size {
                     return Err(format!(
-                        "Value for key {key:?} is too large ({} > {} bytes)",
+                        "Value for key {q_key} is too large ({} > {} bytes)",
                         op.value.len(),
-                        self.config.max_value_size
+                        self.config.max_value_size,
+                        q_key = quote(key)
                     ));
                 }
                 let w = Write {
@@ -244,10 +246,16 @@ impl Consul {
                         Ok(())
                     }
                     Ok(false) => Err(match op.verb.as_str() {
-                        "cas" => format!("failed to set key {key:?}, index is stale"),
-                        "lock" => format!("failed to lock key {key:?}, lock is already held"),
+                        "cas" => {
+                            format!("failed to set key {q_key}, index is stale", q_key = quote(key))
+                        }
+                        "lock" => format!(
+                            "failed to lock key {q_key}, lock is already held",
+                            q_key = quote(key)
+                        ),
                         _ => format!(
-                            "failed to unlock key {key:?}, lock isn't held, or is held by another session"
+                            "failed to unlock key {q_key}, lock isn't held, or is held by another session",
+                            q_key = quote(key)
                         ),
                     }),
                     Err(e) => Err(e.message),
@@ -258,7 +266,7 @@ impl Consul {
                     push(self, results, true);
                     Ok(())
                 }
-                None => Err(format!("key {key:?} doesn't exist")),
+                None => Err(format!("key {q_key} doesn't exist", q_key = quote(key))),
             },
             "get-tree" => {
                 for (k, e) in under(&self.state.kv, key) {
@@ -272,10 +280,15 @@ impl Consul {
                     Ok(())
                 }
                 Some(e) => Err(format!(
-                    "failed index check for key {key:?}, current modify index {} != {}",
-                    e.modify_index, op.index
+                    "failed index check for key {q_key}, current modify index {} != {}",
+                    e.modify_index,
+                    op.index,
+                    q_key = quote(key)
                 )),
-                None => Err(format!("failed to check index, key {key:?} doesn't exist")),
+                None => Err(format!(
+                    "failed to check index, key {q_key} doesn't exist",
+                    q_key = quote(key)
+                )),
             },
             "check-session" => match self.state.kv.get(key) {
                 Some(e) if e.session.as_deref() == Some(op.session.as_str()) => {
@@ -283,14 +296,18 @@ impl Consul {
                     Ok(())
                 }
                 Some(e) => Err(format!(
-                    "failed session check for key {key:?}, current session {:?} != {:?}",
-                    e.session.as_deref().unwrap_or(""),
-                    op.session
+                    "failed session check for key {q_key}, current session {} != {}",
+                    quote(e.session.as_deref().unwrap_or("")),
+                    quote(&op.session),
+                    q_key = quote(key)
                 )),
-                None => Err(format!("failed to check session, key {key:?} doesn't exist")),
+                None => Err(format!(
+                    "failed to check session, key {q_key} doesn't exist",
+                    q_key = quote(key)
+                )),
             },
             "check-not-exists" => match self.state.kv.get(key) {
-                Some(_) => Err(format!("key {key:?} exists")),
+                Some(_) => Err(format!("key {q_key} exists", q_key = quote(key))),
                 None => Ok(()),
             },
             "delete" => {
@@ -305,10 +322,10 @@ impl Consul {
                 if self.kv_delete_cas(key, op.index) {
                     Ok(())
                 } else {
-                    Err(format!("failed to delete key {key:?}, index is stale"))
+                    Err(format!("failed to delete key {q_key}, index is stale", q_key = quote(key)))
                 }
             }
-            other => Err(format!("unknown KV verb {other:?}")),
+            other => Err(format!("unknown KV verb {q_other}", q_other = quote(other))),
         }
     }
 }
@@ -398,7 +415,7 @@ fn parse_op(op: &Value) -> Result<Option<TxnOp>, String> {
             "node" | "service" | "check" | "intention" => {
                 return Err(format!("{name} operations are not supported by consul-sim"));
             }
-            _ => return Err(format!("json: unknown field {name:?}")),
+            _ => return Err(format!("json: unknown field {q_name}", q_name = quote(name))),
         }
     }
     let kv = match kv {
