@@ -159,6 +159,10 @@ async fn pretty_indents_json_as_consul_does_and_a_dev_agent_always_does() {
     let set = format!(
         r#"[{{"KV":{{"Verb":"set","Key":"{p}/b","Value":"dg=="}}}},{{"KV":{{"Verb":"get","Key":"{p}/a"}}}}]"#
     );
+    let missing = format!(r#"[{{"KV":{{"Verb":"get","Key":"{p}/<no>&"}}}}]"#);
+    let lines = format!(
+        r#"[{{"KV":{{"Verb":"set","Key":"{p}/l\u2028s\u2029","Value":"dg=="}}}},{{"KV":{{"Verb":"get","Key":"{p}/l\u2028s\u2029"}}}}]"#
+    );
     let requests: Vec<(&str, String, &str)> = vec![
         ("PUT", a.clone(), "some value"),
         ("GET", a.clone(), ""),
@@ -171,6 +175,12 @@ async fn pretty_indents_json_as_consul_does_and_a_dev_agent_always_does() {
         ("GET", format!("{a}?raw"), ""),
         ("GET", format!("/v1/kv/{p}/missing"), ""),
         ("GET", "/v1/kv/x?index=nope".into(), ""),
+        // Go's encoder escapes <, >, & and U+2028/U+2029 in strings, keys and values alike.
+        ("PUT", format!("/v1/kv/{p}/h%3Cb%3E%26c"), "x"),
+        ("GET", format!("/v1/kv/{p}/?recurse"), ""),
+        ("GET", format!("/v1/kv/{p}/?keys"), ""),
+        ("PUT", "/v1/txn".into(), &missing),
+        ("PUT", "/v1/txn".into(), &lines),
     ];
     for (method, target, body) in &requests {
         let sep = if target.contains('?') { '&' } else { '?' };

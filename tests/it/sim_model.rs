@@ -236,13 +236,24 @@ proptest! {
                 Outcome::Blocked { .. } => continue,
             };
             prop_assert!((200..600).contains(&r.status.as_u16()));
-            if r.status.is_client_error() && r.status != 404 {
+            // A 4xx names its problem, but for two bare answers Consul gives: 404 for a path
+            // no endpoint serves, 400 for a path with a control character (go-cleanhttp's
+            // printable-path check; the generated paths are ASCII).
+            if r.status.is_client_error() && r.status != 404 && !has_control_character(&req.target) {
                 prop_assert!(!r.body.is_empty(), "a 4xx names its problem: {} {}", req.method, req.target);
             }
         }
         let r = call(&mut core, Duration::from_secs(1000), &request(Method::GET, "/v1/kv/keep/me?raw", b""));
         prop_assert_eq!(&r.body[..], b"precious");
     }
+}
+
+/// Whether the decoded path of `target` holds an ASCII control character.
+fn has_control_character(target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    // The escaped bytes (a bad escape never gets this far) and the raw ones.
+    let escaped = path.split('%').skip(1).filter_map(|e| u8::from_str_radix(e.get(..2)?, 16).ok());
+    escaped.chain(path.bytes()).any(|b| b < b' ' || b == 0x7f)
 }
 
 fn random_request() -> impl Strategy<Value = SimRequest> {

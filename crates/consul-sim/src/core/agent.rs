@@ -68,16 +68,17 @@ fn health_code(status: &str) -> StatusCode {
 
 /// An answer of `agent/health/service/*`: JSON or, with `?format=text`, the status alone.
 fn health_response(code: StatusCode, reason: &str, body: &Value, text: bool) -> Reply {
-    let (content_type, body) = if text {
-        ("text/plain", Bytes::from(reason.to_string()))
+    let mut resp = if text {
+        SimResponse {
+            status: code,
+            headers: vec![("Content-Type", "text/plain".into())],
+            body: Bytes::from(reason.to_string()),
+        }
     } else {
-        ("application/json", Bytes::from(body.to_string()))
+        SimResponse::json(code, body)
     };
-    Reply::write(SimResponse {
-        status: code,
-        headers: vec![("Content-Type", content_type.into()), ("X-Consul-Reason", reason.into())],
-        body,
-    })
+    resp.headers.push(("X-Consul-Reason", reason.into()));
+    Reply::write(resp)
 }
 
 /// `?enable=` of the maintenance endpoints.

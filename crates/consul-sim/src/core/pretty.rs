@@ -1,9 +1,12 @@
-//! `?pretty`, and every answer of a dev agent: JSON indented as Go's `json.MarshalIndent`
-//! with four spaces, then a newline, as Consul 1.8.7 writes it (checked byte for byte with
-//! curl): each member and element on its own line, `": "` after a name, and `{}` and `[]`
-//! kept whole.
+//! How the core writes JSON, as Go's encoder writes it: strings with `<`, `>`, `&`, U+2028
+//! and U+2029 escaped (`\u003c`, …: Go's HTML-safe default, which Consul keeps); and for
+//! `?pretty`, and every answer of a dev agent, indented as `json.MarshalIndent` with four
+//! spaces, then a newline, as Consul 1.8.7 writes it (checked byte for byte with curl): each
+//! member and element on its own line, `": "` after a name, and `{}` and `[]` kept whole.
 
 use std::cell::Cell;
+
+use serde_json::ser::PrettyFormatter;
 
 thread_local! {
     /// Whether the answer being made on this thread is to be indented: set by
@@ -33,12 +36,17 @@ pub(crate) fn write_nested<T: serde::Serialize + ?Sized>(
     value: &T,
     depth: usize,
 ) -> serde_json::Result<()> {
+    let from = out.len();
     if !wanted() {
-        return serde_json::to_writer(&mut *out, value);
+        serde_json::to_writer(&mut *out, value)?;
+        go_escape(out, from);
+        return Ok(());
     }
-    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let formatter = PrettyFormatter::with_indent(b"    ");
     if depth == 0 {
-        return value.serialize(&mut serde_json::Serializer::with_formatter(out, formatter));
+        value.serialize(&mut serde_json::Serializer::with_formatter(&mut *out, formatter))?;
+        go_escape(out, from);
+        return Ok(());
     }
     let mut own = Vec::with_capacity(256);
     value.serialize(&mut serde_json::Serializer::with_formatter(&mut own, formatter))?;
@@ -50,7 +58,46 @@ pub(crate) fn write_nested<T: serde::Serialize + ?Sized>(
         rest = after;
     }
     out.extend_from_slice(rest);
+    go_escape(out, from);
     Ok(())
+}
+
+/// Escapes, in `out[from..]` (JSON just written there), what Go's encoder escapes in
+/// strings and serde_json does not: `<`, `>`, `&`, U+2028 and U+2029, as `\u003c`,
+/// `\u003e`, `\u0026`, `\u2028`, `\u2029`. Those characters only ever stand inside
+/// strings in JSON, so the written bytes are searched whole: two vectorized passes, and
+/// nothing else when (as nearly always) neither finds anything.
+fn go_escape(out: &mut Vec<u8>, from: usize) {
+    let written = out.get(from..).unwrap_or_default();
+    let first = match (memchr::memchr3(b'<', b'>', b'&', written), memchr::memchr(0xe2, written)) {
+        (None, None) => return,
+        (a, b) => from + a.unwrap_or(usize::MAX).min(b.unwrap_or(usize::MAX)),
+    };
+    let tail = out.split_off(first);
+    let mut i = 0;
+    while let Some(&b) = tail.get(i) {
+        let escape: Option<&[u8]> = match b {
+            b'<' => Some(b"\\u003c"),
+            b'>' => Some(b"\\u003e"),
+            b'&' => Some(b"\\u0026"),
+            0xe2 => match tail.get(i + 1..i + 3) {
+                Some([0x80, 0xa8]) => Some(b"\\u2028"),
+                Some([0x80, 0xa9]) => Some(b"\\u2029"),
+                _ => None,
+            },
+            _ => None,
+        };
+        match escape {
+            Some(e) => {
+                out.extend_from_slice(e);
+                i += if b == 0xe2 { 3 } else { 1 };
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
 }
 
 /// `json` (compact, as the core writes it) indented the way Consul indents it. Strings
@@ -154,6 +201,24 @@ mod tests {
     use serde_json::{Value, json};
 
     #[test]
+    fn strings_escape_what_gos_encoder_escapes() {
+        // Consul 1.8.7's answers for a service named `w<1>` tagged `a&b`, and a key
+        // `h<b>&c`, with U+2028 and U+2029 as Go writes them (and nothing else escaped).
+        let v = json!({"w<1>": ["a&b", "h<b>&c", "x\u{2028}y\u{2029}", "é\u{e2}<"]});
+        let mut out = Vec::new();
+        write_nested(&mut out, &v, 0).expect("serializes");
+        assert_eq!(
+            String::from_utf8(out).expect("UTF-8"),
+            r#"{"w\u003c1\u003e":["a\u0026b","h\u003cb\u003e\u0026c","x\u2028y\u2029","éâ\u003c"]}"#
+        );
+        let pretty = scope(true, || {
+            let mut out = Vec::new();
+            write_nested(&mut out, &json!({"k": "<>"}), 0).map(|()| out)
+        });
+        assert_eq!(pretty.expect("serializes"), b"{\n    \"k\": \"\\u003c\\u003e\"\n}");
+    }
+
+    #[test]
     fn indents_as_consul_does() {
         // Consul 1.8.7's `?pretty` answer to a one-operation read transaction, byte for byte.
         let compact = br#"{"Results":[{"KV":{"LockIndex":0,"Key":"a","Flags":0,"Value":"dg==","CreateIndex":7,"ModifyIndex":7}}],"Errors":null,"Index":0,"LastContact":0,"KnownLeader":true,"ConsistencyLevel":""}"#;
@@ -185,6 +250,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn go_escapes_keep_every_value(
+            key in "[a-z<>&\u{2028}\u{2029}é€\u{2027}]{0,10}",
+            value in "[a-z<>&\u{2028}\u{2029}é€\u{2027}\"\\\\]{0,16}",
+            pretty in any::<bool>(),
+        ) {
+            let v = json!({ key: [value] });
+            let mut out = Vec::new();
+            scope(pretty, || write_nested(&mut out, &v, 0)).expect("serializes");
+            prop_assert_eq!(serde_json::from_slice::<Value>(&out).expect("JSON"), v);
+            let text = String::from_utf8(out).expect("UTF-8");
+            prop_assert!(!text.contains(['<', '>', '&', '\u{2028}', '\u{2029}']), "{}", text);
+        }
+
         /// Indenting keeps the value and matches serde_json's own four-space pretty printer
         /// (the same layout as Go's), plus the newline Consul adds.
         #[test]

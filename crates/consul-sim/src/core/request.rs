@@ -245,10 +245,21 @@ impl Target {
 /// bare 400. Bytes that are not UTF-8 read as U+FFFD, which prints. Unicode 12.0, as in the
 /// Go that built Consul 1.8.7 (each kind checked on it).
 pub(crate) fn printable_path(target: &str) -> bool {
-    let raw = target.split_once('?').map_or(target, |(p, _)| p);
-    if raw.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'%') {
-        return true;
+    // Printable ASCII up to the query needs no decoding: one pass, most requests.
+    for b in target.bytes() {
+        match b {
+            b'?' => return true,
+            b'%' => return slow_printable(target),
+            b' '..=b'~' => {}
+            _ => return slow_printable(target),
+        }
     }
+    true
+}
+
+/// [`printable_path`] of a target with escapes or bytes beyond printable ASCII.
+fn slow_printable(target: &str) -> bool {
+    let raw = target.split_once('?').map_or(target, |(p, _)| p);
     let bytes: Vec<u8> = percent_decode_str(raw).collect();
     String::from_utf8_lossy(&bytes).chars().all(super::gojson::go_prints)
 }
