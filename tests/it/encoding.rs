@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
 
 use consul_sim::{Sim, SimConfig};
 
@@ -202,5 +203,90 @@ async fn pretty_indents_json_as_consul_does_and_a_dev_agent_always_does() {
         if got.body.starts_with(b"{") || got.body.starts_with(b"[") {
             assert!(!got.body.contains(&b'\n'), "compact: {method} {target}");
         }
+    }
+}
+
+/// The keys of every object of `v` with two or more, in the order they are written, each
+/// object's list once.
+fn shapes(v: &Value, out: &mut std::collections::BTreeSet<Vec<String>>) {
+    match v {
+        Value::Object(m) => {
+            if m.len() > 1 {
+                out.insert(m.keys().cloned().collect());
+            }
+            m.values().for_each(|v| shapes(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| shapes(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn objects_write_their_fields_in_consuls_order() {
+    // Go writes a struct's fields in their declared order and a map's keys sorted; the
+    // sim's objects follow the same order (serde_json keeps the order fields are written
+    // in). Compared by the keys of each object, values aside.
+    let sim = Sim::new(SimConfig::default());
+    let sim = sim.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let consul = RealConsul::start().await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let p = unique("order");
+    let service = r#"{"Name":"ord","ID":"ord1","Tags":["t"],"Port":80,"Meta":{"b":"1","a":"2"},"TaggedAddresses":{"wan":{"Address":"10.9.9.9","Port":81},"lan":{"Address":"10.0.0.9","Port":80}},"Check":{"TTL":"30s"}}"#;
+    let node = r#"{"Node":"ordn","Address":"10.0.0.1","NodeMeta":{"z":"1","m":"2"},"Service":{"Service":"ords","Port":1,"Meta":{"y":"1","x":"2"}},"Check":{"CheckID":"c1","Name":"c1","Status":"passing","ServiceID":"ords","Output":"ok"}}"#;
+    let setup: Vec<(&str, String, &str)> = vec![
+        ("PUT", "/v1/agent/service/register".into(), service),
+        ("PUT", "/v1/catalog/register".into(), node),
+        ("PUT", format!("/v1/kv/{p}/a"), "x"),
+        ("PUT", "/v1/session/create".into(), r#"{"Name":"o","TTL":"30s"}"#),
+        ("PUT", "/v1/event/fire/ord".into(), "payload"),
+    ];
+    let endpoints = [
+        "/v1/agent/services".to_string(),
+        "/v1/agent/service/ord1".into(),
+        "/v1/agent/checks".into(),
+        "/v1/agent/members".into(),
+        "/v1/agent/health/service/name/ord".into(),
+        "/v1/catalog/services".into(),
+        "/v1/catalog/service/ords".into(),
+        "/v1/catalog/service/ord".into(),
+        "/v1/catalog/nodes".into(),
+        "/v1/catalog/node/ordn".into(),
+        "/v1/health/service/ord".into(),
+        "/v1/health/node/ordn".into(),
+        "/v1/health/checks/ord".into(),
+        "/v1/health/state/any".into(),
+        "/v1/session/list".into(),
+        format!("/v1/kv/{p}/a"),
+        "/v1/event/list".into(),
+        "/v1/operator/raft/configuration".into(),
+        "/v1/operator/autopilot/configuration".into(),
+    ];
+    for base in [sim.url(), consul.url()] {
+        for (method, target, body) in &setup {
+            let answer = send(&client, &base, (method, target, body), None).await;
+            assert_eq!(answer.status, 200, "{base} {method} {target}");
+        }
+    }
+    for target in &endpoints {
+        let mut got = Vec::new();
+        for base in [sim.url(), consul.url()] {
+            // Consul's agent hears its own event through Serf a moment after firing it.
+            let mut tries = 0;
+            let (status, found) = loop {
+                let answer = send(&client, &base, ("GET", target, ""), None).await;
+                let v: Value = serde_json::from_slice(&answer.body).expect("JSON");
+                let mut found = std::collections::BTreeSet::new();
+                shapes(&v, &mut found);
+                tries += 1;
+                if !found.is_empty() || tries == 50 {
+                    break (answer.status, found);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            got.push((status, found));
+        }
+        assert!(!got[1].1.is_empty(), "{target}: nothing compared");
+        assert_eq!(got[0], got[1], "{target}: the sim's objects (left), Consul's (right)");
     }
 }

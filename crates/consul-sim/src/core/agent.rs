@@ -532,20 +532,21 @@ impl Consul {
                 "Server": true,
                 "Version": VERSION,
             },
+            // A map in Consul (its fields by reflection): sorted, as Go writes maps.
             "DebugConfig": {
+                "ACLsEnabled": false,
                 "AdvertiseAddrLAN": address,
                 "AdvertiseAddrWAN": address,
-                "ACLsEnabled": false,
                 "BindAddr": address,
                 "Bootstrap": false,
                 "CheckDeregisterIntervalMin": "1m0s",
                 "CheckReapInterval": "30s",
                 "ConnectEnabled": false,
+                "DNSDomain": "consul.",
                 "Datacenter": dc,
                 "DefaultQueryTime": "5m0s",
                 "DevMode": true,
                 "DisableCoordinates": false,
-                "DNSDomain": "consul.",
                 "EnableLocalScriptChecks": self.config.enable_script_checks,
                 "EnableRemoteScriptChecks": self.config.enable_script_checks,
                 "GRPCPort": -1,
@@ -727,7 +728,7 @@ impl Consul {
 
     /// A service as the agent prints it (`agent/services`, `agent/service/:id`).
     pub(crate) fn agent_service_json(&self, s: &ServiceState) -> Value {
-        let mut v = json!({
+        let v = json!({
             "ID": s.id,
             "Service": s.name,
             "Tags": s.tags,
@@ -737,12 +738,7 @@ impl Consul {
             "Weights": s.weights_json(),
             "EnableTagOverride": s.enable_tag_override,
         });
-        if !s.tagged_addresses.is_empty()
-            && let Some(o) = v.as_object_mut()
-        {
-            o.insert("TaggedAddresses".into(), s.tagged_addresses_json());
-        }
-        v
+        super::catalog::with_tagged_addresses(v, "TaggedAddresses", "Address", s)
     }
 
     /// A check as the agent prints it: the agent's local copy has no raft indexes.

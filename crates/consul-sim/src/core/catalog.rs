@@ -347,7 +347,7 @@ impl Consul {
             "CreateIndex": s.create_index,
             "ModifyIndex": s.modify_index,
         });
-        with_tagged_addresses(v, "TaggedAddresses", s)
+        with_tagged_addresses(v, "TaggedAddresses", "Address", s)
     }
 
     pub(crate) fn catalog_service_json(&self, node: &str, s: &ServiceState) -> Value {
@@ -373,7 +373,7 @@ impl Consul {
             "CreateIndex": s.create_index,
             "ModifyIndex": s.modify_index,
         });
-        with_tagged_addresses(v, "ServiceTaggedAddresses", s)
+        with_tagged_addresses(v, "ServiceTaggedAddresses", "ServiceAddress", s)
     }
 
     pub(crate) fn catalog_endpoint(
@@ -669,13 +669,20 @@ fn catalog_check(def: &Value) -> Result<CheckState, ApiError> {
     })
 }
 
-/// `v` with the service's tagged addresses under `field`: Consul leaves the field out when
-/// the service has none.
-fn with_tagged_addresses(mut v: Value, field: &str, s: &ServiceState) -> Value {
-    if !s.tagged_addresses.is_empty()
-        && let Some(o) = v.as_object_mut()
-    {
-        o.insert(field.into(), s.tagged_addresses_json());
+/// `v` with the service's tagged addresses under `field`, right after the field `after`
+/// (where Go's struct declares it): Consul leaves the field out when the service has none.
+pub(crate) fn with_tagged_addresses(v: Value, field: &str, after: &str, s: &ServiceState) -> Value {
+    let Value::Object(fields) = v else { return v };
+    if s.tagged_addresses.is_empty() {
+        return Value::Object(fields);
     }
-    v
+    let mut out = serde_json::Map::with_capacity(fields.len() + 1);
+    for (k, val) in fields {
+        let here = k == after;
+        out.insert(k, val);
+        if here {
+            out.insert(field.to_string(), s.tagged_addresses_json());
+        }
+    }
+    Value::Object(out)
 }
