@@ -23,6 +23,8 @@ struct Answer {
     status: u16,
     vary: Option<String>,
     encoding: Option<String>,
+    /// How the body was framed: a `Content-Length`, or `Transfer-Encoding: chunked`.
+    framing: (bool, bool),
     body: Bytes,
 }
 
@@ -47,9 +49,11 @@ async fn send(
             .map(|v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
     };
     let (vary, encoding) = (header("vary"), header("content-encoding"));
+    let chunked = header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+    let framing = (header("content-length").is_some(), chunked);
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Answer { status, vary, encoding, body }
+    Answer { status, vary, encoding, framing, body }
 }
 
 fn gunzip(body: &[u8]) -> Vec<u8> {
@@ -288,5 +292,39 @@ async fn objects_write_their_fields_in_consuls_order() {
         }
         assert!(!got[1].1.is_empty(), "{target}: nothing compared");
         assert_eq!(got[0], got[1], "{target}: the sim's objects (left), Consul's (right)");
+    }
+}
+
+#[tokio::test]
+async fn bodies_are_framed_as_gos_net_http_frames_them() {
+    // Go sends an answer that fits its 2 KiB response buffer with a Content-Length, a longer
+    // one chunked, unless the handler set the length (a raw value) or the gzip handler
+    // compressed it into the buffer.
+    let sim = Sim::new(SimConfig { pretty: true, ..SimConfig::default() });
+    let sim = sim.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let consul = RealConsul::start().await;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let p = unique("framing");
+    let (small, big) = ("s".repeat(100), "b".repeat(2100));
+    let (s, b) = (format!("/v1/kv/{p}/small"), format!("/v1/kv/{p}/big"));
+    for base in [sim.url(), consul.url()] {
+        for (key, value) in [(&s, &small), (&b, &big)] {
+            assert_eq!(send(&client, &base, ("PUT", key, value), None).await.status, 200);
+        }
+    }
+    let requests = [
+        (s.clone(), None),
+        (b.clone(), None),
+        (format!("{b}?raw"), None),
+        (format!("{s}?raw"), None),
+        (b.clone(), Some("gzip")),
+        (format!("{b}?raw"), Some("gzip")),
+        ("/v1/agent/self".to_string(), None),
+    ];
+    for (target, accept) in &requests {
+        let want = send(&client, &consul.url(), ("GET", target, ""), *accept).await;
+        let got = send(&client, &sim.url(), ("GET", target, ""), *accept).await;
+        assert_eq!(got.framing, want.framing, "GET {target} ({accept:?}): (length, chunked)");
     }
 }

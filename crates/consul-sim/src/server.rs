@@ -43,8 +43,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -336,7 +336,7 @@ async fn handle(
     options: &ServeOptions,
     peer_name: &str,
     req: http::Request<Incoming>,
-) -> Result<http::Response<Full<Bytes>>, Dropped> {
+) -> Result<http::Response<Wire>, Dropped> {
     let (parts, body) = req.into_parts();
     if let Some(resp) = go_net_http(&parts) {
         return Ok(resp);
@@ -383,7 +383,7 @@ async fn handle(
 /// HTTP/1.1 request without `Host` gets `400 Bad Request: missing required Host header`
 /// and a closed connection, an `Expect` other than `100-continue` gets 417, and
 /// `OPTIONS *` gets an empty 200.
-fn go_net_http(parts: &http::request::Parts) -> Option<http::Response<Full<Bytes>>> {
+fn go_net_http(parts: &http::request::Parts) -> Option<http::Response<Wire>> {
     if parts.version == http::Version::HTTP_11 && !parts.headers.contains_key(http::header::HOST) {
         let reason = "Bad Request: missing required Host header";
         let mut out = plain(StatusCode::BAD_REQUEST, format!("400 {reason}"));
@@ -449,19 +449,73 @@ fn malformed_body(
     }
 }
 
+/// The bytes Go's `net/http` buffers before it must choose: an answer that fits is sent
+/// with a `Content-Length`, a longer one chunked (`bufferBeforeChunkingSize`).
+const GO_BUFFER: usize = 2048;
+
+/// A response body as Go's `net/http` frames one: with a `Content-Length` when it fits in
+/// Go's response buffer ([`GO_BUFFER`]) or when the handler set the length, chunked
+/// otherwise (checked on Consul 1.8.7: a 2,958-byte KV answer is chunked, a raw value of
+/// 2,100 bytes or a gzipped answer of 136 is not).
+pub(crate) struct Wire {
+    data: Option<Bytes>,
+    chunked: bool,
+}
+
+impl Wire {
+    /// `data`, chunked if it is longer than Go's buffer and no `length` was set.
+    fn new(data: Bytes, length: bool) -> Wire {
+        let chunked = !length && data.len() > GO_BUFFER;
+        Wire { data: Some(data), chunked }
+    }
+}
+
+impl hyper::body::Body for Wire {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let data = self.data.take().filter(|d| !d.is_empty());
+        std::task::Poll::Ready(data.map(|d| Ok(Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.as_ref().is_none_or(Bytes::is_empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let len = self.data.as_ref().map_or(0, Bytes::len) as u64;
+        if self.chunked {
+            // Not exact: hyper frames the body in chunks, as Go does past its buffer.
+            let mut hint = SizeHint::new();
+            hint.set_lower(len);
+            hint
+        } else {
+            SizeHint::with_exact(len)
+        }
+    }
+}
+
 /// The core's answer on the wire. An endpoint's answer (it carries `Vary`) with a body goes
 /// out gzipped when the client accepts gzip, as Consul's gzip handler sends it.
-fn to_http(mut resp: SimResponse, gzip: bool) -> http::Response<Full<Bytes>> {
+fn to_http(mut resp: SimResponse, gzip: bool) -> http::Response<Wire> {
     if gzip
         && !resp.body.is_empty()
         && resp.headers.iter().any(|(name, _)| *name == VARY.0)
         && let Some(packed) = encoding::gzip(&resp.body)
     {
         resp.body = packed;
+        // The gzip handler drops a length the handler set: it no longer holds.
+        resp.headers.retain(|(name, _)| *name != "Content-Length");
         resp.headers.push(("Content-Encoding", "gzip".into()));
     }
+    // Consul's handler may set the length itself (a raw KV value); otherwise Go decides.
+    let length = resp.headers.iter().any(|(name, _)| *name == "Content-Length");
     let headers = header_map(resp.headers);
-    let mut out = http::Response::new(Full::new(resp.body));
+    let mut out = http::Response::new(Wire::new(resp.body, length));
     if resp.status == StatusCode::PAYLOAD_TOO_LARGE {
         // Go's name for the status (hyper's is "Payload Too Large").
         out.extensions_mut()
@@ -485,9 +539,9 @@ fn handler_text(status: StatusCode, text: String) -> SimResponse {
     }
 }
 
-fn plain(status: StatusCode, text: impl Into<String>) -> http::Response<Full<Bytes>> {
+fn plain(status: StatusCode, text: impl Into<String>) -> http::Response<Wire> {
     let text = text.into();
-    let mut out = http::Response::new(Full::new(Bytes::from(text.clone())));
+    let mut out = http::Response::new(Wire::new(Bytes::from(text.clone()), false));
     *out.status_mut() = status;
     if !text.is_empty() {
         out.headers_mut().insert(
@@ -498,7 +552,7 @@ fn plain(status: StatusCode, text: impl Into<String>) -> http::Response<Full<Byt
     out
 }
 
-fn fault(sim: &Sim, method: &Method, target: &str) -> http::Response<Full<Bytes>> {
+fn fault(sim: &Sim, method: &Method, target: &str) -> http::Response<Wire> {
     let t = match Target::parse(target) {
         Ok(t) => t,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e),

@@ -285,10 +285,12 @@ impl Consul {
                     // Consul 1.8.7 answers raw values as text/plain, never sniffed or run.
                     let resp = SimResponse {
                         status: StatusCode::OK,
+                        // Consul sets the length itself, so even a long value is not chunked.
                         headers: vec![
                             ("Content-Type", "text/plain".into()),
                             ("X-Content-Type-Options", "nosniff".into()),
                             ("Content-Security-Policy", "sandbox".into()),
+                            ("Content-Length", e.value.len().to_string()),
                         ],
                         body: Bytes::copy_from_slice(&e.value),
                     };
