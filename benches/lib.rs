@@ -3,6 +3,28 @@
 
 use std::fmt::Write as _;
 
+/// Lookups timed together in the cold-lookup examples, between two reads of the clock.
+pub const BLOCK: usize = 1 << 20;
+
+/// What the cold-lookup examples compare at `n` members: the ring bench's 262,144 cold keys,
+/// our ring and anchorhash's.
+pub struct ColdRings {
+    /// The keys, cycled in order.
+    pub keys: Vec<&'static str>,
+    /// Our ring.
+    pub ours: hashring::Ring,
+    /// anchorhash's.
+    pub anchor:
+        anchorhash::AnchorHash<&'static str, String, std::collections::hash_map::RandomState>,
+}
+
+/// [`ColdRings`] at `n` members.
+pub fn cold_rings(n: usize) -> Result<ColdRings, String> {
+    let members = member_names(n).into_iter().map(hashring::Member::new);
+    let ours = hashring::Ring::new(members).map_err(|e| e.to_string())?;
+    Ok(ColdRings { keys: ring_keys(1 << 18), ours, anchor: anchor_ring(n) })
+}
+
 /// anchorhash's ring of the same `n` members, the peer of every ring bench.
 pub fn anchor_ring(
     n: usize,

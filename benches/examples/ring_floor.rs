@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use consul_ha_benches::{anchor_ring, member_names, ring_keys};
-use hashring::{Member, Ring};
+use consul_ha_benches::{BLOCK, ColdRings, cold_rings};
 
 /// A cache line of a table.
 #[derive(Clone, Copy)]
@@ -36,12 +35,8 @@ fn main() -> Result<(), String> {
     if rounds == 0 {
         return Err(usage.into());
     }
-    let keys = ring_keys(1 << 18);
-    let mask = keys.len() - 1;
-    let block = 1 << 20;
-    let ring =
-        Ring::new(member_names(n).into_iter().map(Member::new)).map_err(|e| e.to_string())?;
-    let anchor = anchor_ring(n);
+    let ColdRings { keys, ours: ring, anchor } = cold_rings(n)?;
+    let (mask, block) = (keys.len() - 1, BLOCK);
     let sizes_mib = [1usize, 2, 4, 7, 10, 20];
     let tables: Vec<Vec<Line>> =
         sizes_mib.iter().map(|mib| vec![Line([1; 32]); (mib << 20) / 64]).collect();

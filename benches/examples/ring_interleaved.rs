@@ -13,8 +13,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use consul_ha_benches::{anchor_ring, member_names, ring_keys};
-use hashring::{Member, Ring};
+use consul_ha_benches::{BLOCK, ColdRings, cold_rings};
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
@@ -25,12 +24,8 @@ fn main() -> Result<(), String> {
     if rounds == 0 {
         return Err(usage.into());
     }
-    let keys = ring_keys(1 << 18);
-    let mask = keys.len() - 1;
-    let block = 1 << 20;
-    let ring =
-        Ring::new(member_names(n).into_iter().map(Member::new)).map_err(|e| e.to_string())?;
-    let anchor = anchor_ring(n);
+    let ColdRings { keys, ours: ring, anchor } = cold_rings(n)?;
+    let (mask, block) = (keys.len() - 1, BLOCK);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); 2];
     let mut i = 0usize;
     for _ in 0..rounds {
