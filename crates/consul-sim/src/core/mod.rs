@@ -389,6 +389,14 @@ impl Consul {
         self.metrics.record(self.clock, metric, 0.0, || gauges(state, healthy));
     }
 
+    /// Starts the metrics afresh, at sim time zero: a process that replayed an old run's
+    /// log (whose times were that run's) begins with no metrics, as a restarted Consul does.
+    pub(crate) fn forget_metrics(&mut self) {
+        let wall_start = self.config.wall_clock_start.unwrap_or_default();
+        self.metrics = metrics::Metrics::new(wall_start);
+        self.clock = SimTime::default();
+    }
+
     /// `/v1/agent/metrics` at `now`.
     pub(crate) fn metrics_json(&mut self, now: SimTime) -> metrics::Summary {
         let (state, healthy) = (&self.state, !self.leader_lost);
@@ -429,7 +437,6 @@ impl Consul {
     /// Handles one request at `now`. With `block`, a blocking query whose result has not
     /// moved past its `?index` parks ([`Outcome::Blocked`]); without, it answers anyway.
     pub fn handle(&mut self, now: SimTime, req: &SimRequest, block: bool) -> Outcome {
-        self.clock = self.clock.max(now);
         self.advance(now);
         // What Go's net/http and ServeMux answer before Consul's handlers see the request.
         match BadTarget::check(&req.target) {
@@ -619,6 +626,7 @@ impl Consul {
     /// the earliest deadline is kept from the last full pass and the pass is skipped while
     /// `now` is before it and no timer could have started earlier since.
     pub fn advance(&mut self, now: SimTime) {
+        self.clock = self.clock.max(now);
         if let Some((generation, due)) = self.timers
             && generation == self.timer_generation()
             && due.is_none_or(|d| now < d)
