@@ -269,15 +269,13 @@ impl Metrics {
         gauges: impl FnOnce() -> Gauges,
     ) {
         let http = &mut self.current(now, gauges).http;
-        let ours = |(m, p, _): &&mut (Method, Cow<'static, str>, Aggregate), pattern: &str| {
-            m == method && p.as_ref() == pattern
-        };
         let found = match subtree_pattern(path) {
-            // A subtree: its pattern is one of the tables' strings.
+            // A subtree: its pattern is one of the tables' strings, found by address.
             Some(stat) => http.iter_mut().find(|e| {
                 e.0 == *method && matches!(e.1, Cow::Borrowed(p) if std::ptr::eq(p, stat))
             }),
-            None => http.iter_mut().find(|e| ours(e, path)),
+            // A handler of its own: the pattern is the path.
+            None => http.iter_mut().find(|e| e.0 == *method && e.1 == path),
         };
         match found {
             Some((_, _, agg)) => agg.ingest(f64::from(ms)),
