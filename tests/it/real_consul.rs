@@ -38,8 +38,15 @@ pub(crate) fn binary() -> Result<PathBuf, String> {
 }
 
 pub(crate) fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-    l.local_addr().expect("its address").port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports: all bound at once, so the kernel cannot hand out one
+/// of them twice (picked one at a time, two could be the same).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> =
+        (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port")).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("its address").port())
 }
 
 impl RealConsul {
@@ -52,6 +59,19 @@ impl RealConsul {
 
     /// Like [`start`](Self::start), with extra agent flags.
     pub(crate) async fn start_with(extra: &[&str]) -> RealConsul {
+        // Another test may take a port between our choice and Consul's bind: try afresh.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match RealConsul::try_start(extra).await {
+                Ok(consul) => return consul,
+                Err(log) => last = log,
+            }
+        }
+        panic!("Consul exited before it was ready, three times; the last log:\n{last}");
+    }
+
+    /// One start on fresh ports; `Err` with the log if Consul exits before it is ready.
+    async fn try_start(extra: &[&str]) -> Result<RealConsul, String> {
         let bin = binary().unwrap_or_else(|e| panic!("{e}"));
         let dir = std::env::temp_dir().join(format!(
             "consul-ha-real-{}-{}",
@@ -60,8 +80,7 @@ impl RealConsul {
         ));
         std::fs::create_dir_all(&dir).expect("a temp dir for Consul");
         let log = std::fs::File::create(dir.join("consul.log")).expect("Consul's log file");
-        let (http, serf_lan, serf_wan, server) =
-            (free_port(), free_port(), free_port(), free_port());
+        let [http, serf_lan, serf_wan, server] = free_ports::<4>();
         let ports = format!(
             "ports {{ http = {http}, dns = -1, grpc = -1, serf_lan = {serf_lan}, serf_wan = {serf_wan}, server = {server} }}"
         );
@@ -77,8 +96,8 @@ impl RealConsul {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let mut consul = RealConsul { child, http: SocketAddr::from(([127, 0, 0, 1], http)), dir };
-        consul.wait_ready().await;
-        consul
+        consul.wait_ready().await?;
+        Ok(consul)
     }
 
     /// `http://127.0.0.1:port`.
@@ -86,12 +105,12 @@ impl RealConsul {
         format!("http://{}", self.http)
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = consul_api::Client::builder().address(self.url()).build().expect("client");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("Consul exited ({status}) before it was ready:\n{}", self.log());
+                return Err(format!("Consul exited ({status}):\n{}", self.log()));
             }
             let leader = client.status().leader().await.unwrap_or_default();
             // Go's own test harness waits for exactly this: a leader, and the catalog index
@@ -102,7 +121,7 @@ impl RealConsul {
                 && meta.last_index.0 >= 2
                 && checks.iter().any(|c| c.check_id == "serfHealth")
             {
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < deadline, "Consul not ready after 30 s:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
