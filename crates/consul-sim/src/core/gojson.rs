@@ -4,7 +4,9 @@
 //! whatever follows it is ignored, a truncated value is `unexpected EOF`, an empty body `EOF`,
 //! and a syntax error names the offending character and what the scanner was looking for
 //! (`invalid character 'n' looking for beginning of object key string`). Clients and people
-//! read those texts, so the sim produces the same ones.
+//! read those texts, so the sim produces the same ones. Go's wording of names in those
+//! texts lives here too: `%q` quoting ([`quote`]) and what Go 1.15 counts as printable
+//! ([`go_prints`], also what Consul's printable-path check asks).
 
 use serde_json::Value;
 
@@ -275,6 +277,7 @@ fn quote_char(c: u8) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn quote_writes_what_gos_q_verb_writes() {
@@ -293,7 +296,6 @@ mod tests {
             assert_eq!(quote(s), want, "{s:?}");
         }
     }
-    use super::*;
 
     #[test]
     fn syntax_errors_read_like_gos() {

@@ -44,7 +44,7 @@ const RETAINED: usize = 6;
 
 /// The metrics of fixed name and labels the core records: a slot each in every interval, so
 /// recording one is an array index and no key is built. `FIXED` names them, in this order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Fixed {
     RaftApply,
     KvsApply,
@@ -64,7 +64,7 @@ pub(crate) enum Fixed {
 }
 
 /// Each [`Fixed`] metric: its name, its `op` label, and whether it is a counter (else a
-/// sample; only `RaftApply` is a counter).
+/// sample).
 const FIXED: [(&str, &str, bool); 15] = [
     ("consul.raft.apply", "", true),
     ("consul.kvs.apply", "", false),
@@ -252,7 +252,8 @@ impl Metrics {
         ms: f32,
         gauges: impl FnOnce() -> Gauges,
     ) {
-        let value = if metric == Fixed::RaftApply { 1.0 } else { f64::from(ms) };
+        let counter = FIXED.get(metric as usize).is_some_and(|&(_, _, counter)| counter);
+        let value = if counter { 1.0 } else { f64::from(ms) };
         if let Some(agg) = self.current(now, gauges).fixed.get_mut(metric as usize) {
             agg.ingest(value);
         }
@@ -269,7 +270,8 @@ impl Metrics {
         gauges: impl FnOnce() -> Gauges,
     ) {
         let http = &mut self.current(now, gauges).http;
-        let found = match subtree_pattern(path) {
+        let subtree = subtree_pattern(path);
+        let found = match subtree {
             // A subtree: its pattern is one of the tables' strings, found by address.
             Some(stat) => http.iter_mut().find(|e| {
                 e.0 == *method && matches!(e.1, Cow::Borrowed(p) if std::ptr::eq(p, stat))
@@ -282,8 +284,7 @@ impl Metrics {
             None => {
                 let mut agg = Aggregate::default();
                 agg.ingest(f64::from(ms));
-                let pattern =
-                    subtree_pattern(path).map_or(Cow::Owned(path.to_string()), Cow::Borrowed);
+                let pattern = subtree.map_or(Cow::Owned(path.to_string()), Cow::Borrowed);
                 http.push((method.clone(), pattern, agg));
             }
         }

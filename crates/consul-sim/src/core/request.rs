@@ -249,8 +249,7 @@ pub(crate) fn printable_path(target: &str) -> bool {
     for b in target.bytes() {
         match b {
             b'?' => return true,
-            b'%' => return slow_printable(target),
-            b' '..=b'~' => {}
+            b' '..=b'~' if b != b'%' => {}
             _ => return slow_printable(target),
         }
     }
