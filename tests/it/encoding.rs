@@ -9,15 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use consul_sim::{Sim, SimConfig};
+use consul_sim::SimConfig;
 
 use crate::real_consul::RealConsul;
-use crate::support::unique;
+use crate::support::{RawClient, raw_client, served, unique};
 
 struct Answer {
     status: u16,
@@ -29,7 +26,7 @@ struct Answer {
 }
 
 async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &RawClient,
     base: &str,
     (method, target, body): (&str, &str, &str),
     accept: Option<&str>,
@@ -64,11 +61,9 @@ fn gunzip(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn endpoints_vary_on_accept_encoding_and_gzip_for_clients_that_accept_it() {
-    let sim = Sim::new(SimConfig::default());
-    let server = sim.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let server = served(SimConfig::default()).await;
     let consul = RealConsul::start().await;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = raw_client();
     let p = unique("encoding");
     let (a, missing, raw) =
         (format!("/v1/kv/{p}/a"), format!("/v1/kv/{p}/missing"), format!("/v1/kv/{p}/a?raw"));
@@ -150,13 +145,10 @@ fn layout(body: &[u8]) -> String {
 
 #[tokio::test]
 async fn pretty_indents_json_as_consul_does_and_a_dev_agent_always_does() {
-    let compact = Sim::new(SimConfig::default());
-    let compact = compact.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
-    let dev = Sim::new(SimConfig { pretty: true, ..SimConfig::default() });
-    let dev = dev.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let compact = served(SimConfig::default()).await;
+    let dev = served(SimConfig { pretty: true, ..SimConfig::default() }).await;
     let consul = RealConsul::start().await;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = raw_client();
     let p = unique("pretty");
     let (a, keys) = (format!("/v1/kv/{p}/a"), format!("/v1/kv/{p}/?keys"));
     let txn = format!(r#"[{{"KV":{{"Verb":"get","Key":"{p}/a"}}}}]"#);
@@ -230,11 +222,9 @@ async fn objects_write_their_fields_in_consuls_order() {
     // Go writes a struct's fields in their declared order and a map's keys sorted; the
     // sim's objects follow the same order (serde_json keeps the order fields are written
     // in). Compared by the keys of each object, values aside.
-    let sim = Sim::new(SimConfig::default());
-    let sim = sim.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let sim = served(SimConfig::default()).await;
     let consul = RealConsul::start().await;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = raw_client();
     let p = unique("order");
     let service = r#"{"Name":"ord","ID":"ord1","Tags":["t"],"Port":80,"Meta":{"b":"1","a":"2"},"TaggedAddresses":{"wan":{"Address":"10.9.9.9","Port":81},"lan":{"Address":"10.0.0.9","Port":80}},"Check":{"TTL":"30s"}}"#;
     let node = r#"{"Node":"ordn","Address":"10.0.0.1","NodeMeta":{"z":"1","m":"2"},"Service":{"Service":"ords","Port":1,"Meta":{"y":"1","x":"2"}},"Check":{"CheckID":"c1","Name":"c1","Status":"passing","ServiceID":"ords","Output":"ok"}}"#;
@@ -300,11 +290,9 @@ async fn bodies_are_framed_as_gos_net_http_frames_them() {
     // Go sends an answer that fits its 2 KiB response buffer with a Content-Length, a longer
     // one chunked, unless the handler set the length (a raw value) or the gzip handler
     // compressed it into the buffer.
-    let sim = Sim::new(SimConfig { pretty: true, ..SimConfig::default() });
-    let sim = sim.serve("127.0.0.1:0".parse().expect("address")).await.expect("bind");
+    let sim = served(SimConfig { pretty: true, ..SimConfig::default() }).await;
     let consul = RealConsul::start().await;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = raw_client();
     let p = unique("framing");
     let (small, big) = ("s".repeat(100), "b".repeat(2100));
     let (s, b) = (format!("/v1/kv/{p}/small"), format!("/v1/kv/{p}/big"));

@@ -12,14 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use consul_sim::{Sim, SimConfig, SimRequest};
 
 use crate::real_consul::RealConsul;
+use crate::support::{RawClient, raw_client};
 
 /// The requests, `{ttl}` and `{plain}` standing for the ids the two session creations
 /// answer. The TTL session is kept, so Consul's `session_ttl.active` reads 1 whenever it is
@@ -69,7 +67,7 @@ fn compared(name: &str) -> bool {
 
 enum Backend<'a> {
     Sim(&'a Sim),
-    Consul(&'a Client<HttpConnector, Full<Bytes>>, String),
+    Consul(&'a RawClient, String),
 }
 
 impl Backend<'_> {
@@ -134,51 +132,17 @@ fn counts(metrics: &Value) -> BTreeMap<String, u64> {
     out
 }
 
-/// The keys of a JSON text in the order they are written.
-fn keys_in_order(text: &[u8]) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut i = 0;
-    while i < text.len() {
-        if text[i] != b'"' {
-            i += 1;
-            continue;
-        }
-        let start = i + 1;
-        i = start;
-        while i < text.len() && text[i] != b'"' {
-            i += if text[i] == b'\\' { 2 } else { 1 };
-        }
-        let end = i.min(text.len());
-        i += 1;
-        let rest = text.get(i..).unwrap_or_default();
-        if rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b':') {
-            keys.push(String::from_utf8_lossy(&text[start..end]).into_owned());
-        }
-    }
-    keys
-}
-
-/// The answer's layout: the top-level fields, a gauge's and a sample's, in order.
-fn layout(text: &[u8]) -> Vec<Vec<String>> {
-    let keys = keys_in_order(text);
-    let top = ["Timestamp", "Gauges", "Points", "Counters", "Samples"];
-    let top: Vec<String> = keys.iter().filter(|k| top.contains(&k.as_str())).cloned().collect();
-    let object_after = |field: &str| {
-        let from = keys.iter().position(|k| k == field).expect("the field") + 1;
-        let rest = &keys[from..];
-        let end = rest.iter().skip(1).position(|k| k == "Name").map_or(rest.len(), |p| p + 1);
-        rest[..end]
-            .iter()
-            .filter(|k| k.chars().next().is_some_and(char::is_uppercase))
-            .cloned()
-            .collect()
-    };
-    vec![top, object_after("Gauges"), object_after("Samples")]
+/// The answer's layout: its fields, a gauge's and a sample's, in order (a parsed object
+/// keeps its fields in the order they were written: serde_json's `preserve_order`, which
+/// the sim turns on for the whole build).
+fn layout(v: &Value) -> Vec<Vec<String>> {
+    let keys = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    vec![keys(v), keys(&v["Gauges"][0]), keys(&v["Samples"][0])]
 }
 
 /// The sim's answer for the finished interval of the workload, on paused time (in a runtime
 /// of its own, beside the test's real-time one), with its clock on a 10-second boundary.
-fn on_the_sim() -> (Value, Vec<u8>) {
+fn on_the_sim() -> Value {
     std::thread::spawn(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -196,7 +160,7 @@ fn on_the_sim() -> (Value, Vec<u8>) {
             tokio::time::advance(Duration::from_secs(10)).await;
             let (status, body) = Backend::Sim(&sim).send("GET", "/v1/agent/metrics", "").await;
             assert_eq!(status, 200);
-            (serde_json::from_slice(&body).expect("JSON"), body)
+            serde_json::from_slice(&body).expect("JSON")
         })
     })
     .join()
@@ -212,12 +176,11 @@ fn until_next_interval() -> Duration {
 
 #[tokio::test]
 async fn agent_metrics_count_requests_and_applies_as_consul_does() {
-    let (sim, sim_text) = on_the_sim();
+    let sim = on_the_sim();
     assert_eq!(sim["Timestamp"], "2027-01-15 08:00:00 +0000 UTC");
 
     let consul = RealConsul::start().await;
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = raw_client();
     let backend = Backend::Consul(&client, format!("http://{}", consul.http));
     // The workload inside one interval: started just after a boundary, done well before the
     // next (a few dozen loopback requests); tried again if the host stalled it past one.
@@ -254,7 +217,13 @@ async fn agent_metrics_count_requests_and_applies_as_consul_does() {
         let stamp = answer["Timestamp"].as_str().expect("a timestamp");
         assert!(stamp.ends_with("0 +0000 UTC") && stamp.len() == 29, "{stamp}");
     }
-    assert_eq!(layout(&sim_text), layout(&text));
+    let want = [
+        ["Timestamp", "Gauges", "Points", "Counters", "Samples"].as_slice(),
+        &["Name", "Value", "Labels"],
+        &["Name", "Count", "Rate", "Sum", "Min", "Max", "Mean", "Stddev", "Labels"],
+    ];
+    assert_eq!(layout(&real), want.map(|k| k.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+    assert_eq!(layout(&sim), layout(&real));
 
     // Prometheus output needs a retention time Consul was not given; other methods refused.
     let fresh = Sim::new(SimConfig::default());

@@ -59,3 +59,20 @@ pub(crate) fn unique(prefix: &str) -> String {
     let pid = std::process::id();
     format!("consul-ha-it/{pid}/{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// A plain hyper client, for tests that read answers as they come off the wire.
+pub(crate) type RawClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// A [`RawClient`].
+pub(crate) fn raw_client() -> RawClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// A simulator with `config`, served over HTTP on a free loopback port (the server keeps the
+/// simulator).
+pub(crate) async fn served(config: SimConfig) -> Server {
+    Sim::new(config).serve("127.0.0.1:0".parse().expect("address")).await.expect("bind")
+}
