@@ -37,27 +37,23 @@ pub(crate) fn write_nested<T: serde::Serialize + ?Sized>(
     depth: usize,
 ) -> serde_json::Result<()> {
     let from = out.len();
+    let formatter = PrettyFormatter::with_indent(b"    ");
     if !wanted() {
         serde_json::to_writer(&mut *out, value)?;
-        go_escape(out, from);
-        return Ok(());
-    }
-    let formatter = PrettyFormatter::with_indent(b"    ");
-    if depth == 0 {
+    } else if depth == 0 {
         value.serialize(&mut serde_json::Serializer::with_formatter(&mut *out, formatter))?;
-        go_escape(out, from);
-        return Ok(());
+    } else {
+        let mut own = Vec::with_capacity(256);
+        value.serialize(&mut serde_json::Serializer::with_formatter(&mut own, formatter))?;
+        let mut rest = own.as_slice();
+        while let Some(at) = memchr::memchr(b'\n', rest) {
+            let (line, after) = rest.split_at(at + 1);
+            out.extend_from_slice(line);
+            newline_indent(out, depth);
+            rest = after;
+        }
+        out.extend_from_slice(rest);
     }
-    let mut own = Vec::with_capacity(256);
-    value.serialize(&mut serde_json::Serializer::with_formatter(&mut own, formatter))?;
-    let mut rest = own.as_slice();
-    while let Some(at) = memchr::memchr(b'\n', rest) {
-        let (line, after) = rest.split_at(at + 1);
-        out.extend_from_slice(line);
-        newline_indent(out, depth);
-        rest = after;
-    }
-    out.extend_from_slice(rest);
     go_escape(out, from);
     Ok(())
 }
